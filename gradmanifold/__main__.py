@@ -1,0 +1,5 @@
+"""python -m gradmanifold"""
+
+from gradmanifold.cli import main
+
+main()
