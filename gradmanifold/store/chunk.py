@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -29,3 +31,103 @@ class Chunk:
     @property
     def n(self) -> int:
         return int(self.step.shape[0])
+
+
+class ChunkSource(Protocol):
+    """What the analysis reads from: a committed store (StoreReader) or arrays in memory (ArraySource)."""
+
+    @property
+    def n_steps(self) -> int: ...  # committed rows
+
+    @property
+    def k(self) -> int: ...
+
+    @property
+    def group_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def group_sizes(self) -> tuple[int, ...]: ...  # parameters per group (0 when unknown)
+
+    @property
+    def chunk_rows(self) -> int: ...  # natural rows per chunk
+
+    def steps(self) -> np.ndarray: ...  # int64 [n_steps], strictly increasing
+
+    def iter_chunks(
+        self,
+        row_start: int = 0,
+        row_stop: int | None = None,
+        groups: Sequence[int] | None = None,
+        chunk_rows: int | None = None,
+    ) -> Iterator[Chunk]: ...
+
+
+class ArraySource:
+    """A ChunkSource over arrays in memory: proj [T, G, k], sqnorm [T, G] (and optional step, flags)."""
+
+    def __init__(
+        self,
+        proj: np.ndarray,
+        sqnorm: np.ndarray,
+        step: np.ndarray | None = None,
+        flags: np.ndarray | None = None,
+        group_names: Sequence[str] | None = None,
+        group_sizes: Sequence[int] | None = None,
+        chunk_rows: int = 1024,
+    ) -> None:
+        proj = np.asarray(proj)
+        if proj.ndim == 2:
+            proj = proj[:, None, :]
+        if proj.ndim != 3:
+            raise ValueError(f"proj must be [T, G, k] or [T, k], got shape {proj.shape}")
+        t, g, _ = proj.shape
+        self._proj = proj.astype(np.float32, copy=False)
+        self._sqnorm = np.asarray(sqnorm, dtype=np.float64).reshape(t, g)
+        self._step = np.arange(t, dtype=np.int64) if step is None else np.asarray(step, dtype=np.int64)
+        self._flags = np.zeros((t, g), np.uint8) if flags is None else np.asarray(flags, np.uint8).reshape(t, g)
+        self._names = tuple(group_names) if group_names is not None else tuple(f"g{i}" for i in range(g))
+        self._sizes = tuple(group_sizes) if group_sizes is not None else (0,) * g
+        self._chunk_rows = int(chunk_rows)
+
+    @property
+    def n_steps(self) -> int:
+        return int(self._proj.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self._proj.shape[2])
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        return self._names
+
+    @property
+    def group_sizes(self) -> tuple[int, ...]:
+        return self._sizes
+
+    @property
+    def chunk_rows(self) -> int:
+        return self._chunk_rows
+
+    def steps(self) -> np.ndarray:
+        return self._step
+
+    def iter_chunks(
+        self,
+        row_start: int = 0,
+        row_stop: int | None = None,
+        groups: Sequence[int] | None = None,
+        chunk_rows: int | None = None,
+    ) -> Iterator[Chunk]:
+        stop = self.n_steps if row_stop is None else min(row_stop, self.n_steps)
+        size = chunk_rows or self._chunk_rows
+        sel = slice(None) if groups is None else list(groups)
+        for lo in range(row_start, stop, size):
+            hi = min(lo + size, stop)
+            yield Chunk(
+                row0=lo,
+                step=self._step[lo:hi],
+                proj=self._proj[lo:hi][:, sel],
+                sqnorm=self._sqnorm[lo:hi][:, sel],
+                flags=self._flags[lo:hi][:, sel],
+            )
