@@ -1,0 +1,21 @@
+"""The store: the only package that imports zarr. Layout, manifest (the commit point), lock, writer, reader."""
+
+from gradmanifold.store.chunk import FLAG_NONFINITE, FLAG_SKIPPED, ArraySource, Chunk, ChunkSource
+from gradmanifold.store.manifest import SCHEMA_VERSION, GroupInfo, Manifest, Segment
+from gradmanifold.store.reader import StoreReader, open_store
+from gradmanifold.store.writer import StoreWriter
+
+__all__ = [
+    "FLAG_NONFINITE",
+    "FLAG_SKIPPED",
+    "SCHEMA_VERSION",
+    "ArraySource",
+    "Chunk",
+    "ChunkSource",
+    "GroupInfo",
+    "Manifest",
+    "Segment",
+    "StoreReader",
+    "StoreWriter",
+    "open_store",
+]
