@@ -61,7 +61,7 @@ def create_arrays(
     root: Path, names: tuple[str, ...], n_groups: int, k: int, chunk_rows: int, attrs: dict[str, Any]
 ) -> None:
     """Create the zarr group and its (empty) arrays."""
-    group = zarr.open_group(store=LocalStore(root), mode="w", zarr_format=3, attributes=attrs)
+    group = zarr.open_group(store=LocalStore(root), mode="a", zarr_format=3, attributes=attrs)
     for name in names:
         shape = array_shape(name, 0, n_groups, k)
         chunks = array_shape(name, chunk_rows, n_groups, k)

@@ -55,6 +55,7 @@ from gradmanifold.store.manifest import (
 
 Resume = Literal["allow", "must", "never"]
 BASE_ARRAYS = ("proj", "sqnorm", "step", "flags")
+RESERVED_SCOPE = "model"
 
 
 def _now() -> str:
@@ -99,6 +100,10 @@ class StoreWriter:
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
             raise InputError(f"group names must be unique; repeated: {', '.join(dup)}")
+        if RESERVED_SCOPE in names:
+            raise InputError(
+                f"{RESERVED_SCOPE!r} is reserved for the whole-model sum of the groups; rename that group"
+            )
         bad_opt = [o for o in optional if o not in OPTIONAL_ROWS]
         if bad_opt:
             raise InputError(f"unknown optional rows {bad_opt}; choose from {list(OPTIONAL_ROWS)}")

@@ -1,0 +1,328 @@
+"""Recorder: the training-loop API. Projects each step's gradient per group and appends it to a store.
+
+    with Recorder("run.zarr", k=256, seed=0) as rec:
+        for step in range(steps):
+            loss.backward()
+            rec.record(step, model, loss=loss.item(), lr=lr)
+            opt.step()
+"""
+
+from __future__ import annotations
+
+import atexit
+import fnmatch
+import os
+import time
+import warnings
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from gradmanifold.errors import InputError, NonFiniteGradientError, StoreWriteError
+from gradmanifold.projection import ProjectionSpec, project_with_norm
+
+GroupsArg = None | Literal["auto", "single", "tensor"] | Mapping[str, str | Sequence[str]]
+SINGLE_GROUP = "all"
+OTHER_GROUP = "other"
+DEFAULT_MAX_GROUPS = 64
+FLAG_NONFINITE = 1
+FLAG_SKIPPED = 2
+
+
+@dataclass(frozen=True)
+class _Member:
+    tensor: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Which tensors make up each group, at which offset within the group's flattened gradient."""
+
+    groups: tuple[tuple[str, tuple[_Member, ...]], ...]
+
+    @property
+    def sizes(self) -> list[tuple[str, int]]:
+        return [(name, sum(m.size for m in members)) for name, members in self.groups]
+
+
+def _named_tensors(grads: Any) -> list[tuple[str, Any]]:
+    """(name, gradient or None) pairs from a torch Module, a mapping name -> array, or one array."""
+    if hasattr(grads, "named_parameters") and callable(grads.named_parameters):
+        return [(n, p.grad) for n, p in grads.named_parameters() if p.requires_grad]
+    if isinstance(grads, Mapping):
+        out = []
+        for name, value in grads.items():
+            if not isinstance(name, str):
+                raise InputError(f"gradient mapping keys must be strings, found {type(name).__name__}")
+            out.append((name, value))
+        return out
+    if hasattr(grads, "__array__") or hasattr(grads, "__dlpack__") or isinstance(grads, np.ndarray):
+        return [(SINGLE_GROUP, grads)]
+    raise InputError(
+        f"cannot record a {type(grads).__name__}: pass a torch Module, a mapping name -> array, or one array"
+    )
+
+
+def _numel(x: Any) -> int:
+    if hasattr(x, "numel") and callable(x.numel):
+        return int(x.numel())
+    size = getattr(x, "size", None)
+    if isinstance(size, int | np.integer):
+        return int(size)
+    return int(np.asarray(x).size)
+
+
+def _module_prefix(name: str, depth: int) -> str:
+    parts = name.split(".")
+    return ".".join(parts[: min(depth, max(len(parts) - 1, 1))])
+
+
+def _build_layout(tensors: list[tuple[str, int]], groups: GroupsArg, max_groups: int) -> _Layout:
+    """Group tensors: one per tensor up to max_groups, else by module prefix; or as the user mapped them."""
+    assign: dict[str, list[tuple[str, int]]] = {}
+    if groups in (None, "auto"):
+        if len(tensors) <= max_groups:
+            key = {n: n for n, _ in tensors}
+        else:
+            depth = max((len(n.split(".")) for n, _ in tensors), default=1)
+            while depth > 0 and len({_module_prefix(n, depth) for n, _ in tensors}) > max_groups:
+                depth -= 1
+            key = {n: (_module_prefix(n, depth) if depth else SINGLE_GROUP) for n, _ in tensors}
+    elif groups == "single":
+        key = {n: SINGLE_GROUP for n, _ in tensors}
+    elif groups == "tensor":
+        key = {n: n for n, _ in tensors}
+    elif isinstance(groups, Mapping):
+        patterns = {g: [p] if isinstance(p, str) else list(p) for g, p in groups.items()}
+        key = {}
+        for n, _ in tensors:
+            key[n] = next(
+                (g for g, pats in patterns.items() if any(fnmatch.fnmatchcase(n, p) for p in pats)), OTHER_GROUP
+            )
+    else:
+        raise InputError(f"groups must be None, 'auto', 'single', 'tensor' or a mapping, not {groups!r}")
+    for n, size in tensors:
+        assign.setdefault(key[n], []).append((n, size))
+    out = []
+    for g, members in assign.items():
+        offset = 0
+        ms = []
+        for n, size in members:
+            ms.append(_Member(n, offset, size))
+            offset += size
+        out.append((g, tuple(ms)))
+    return _Layout(tuple(out))
+
+
+class Recorder:
+    """Records seeded k-dim projections and exact squared norms of each step's gradient, per group."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        k: int = 256,
+        seed: int = 0,
+        kind: Literal["sparse", "gaussian"] = "sparse",
+        s: int | None = None,
+        groups: GroupsArg = None,
+        max_groups: int = DEFAULT_MAX_GROUPS,
+        every: int = 1,
+        nonfinite: Literal["flag", "skip", "raise"] = "flag",
+        resume: Literal["allow", "must", "never"] = "allow",
+        on_error: Literal["raise", "warn"] = "raise",
+        flush_interval: float = 30.0,
+        chunk_rows: int | None = None,
+        break_lock: bool = False,
+    ) -> None:
+        if every < 1:
+            raise InputError(f"every must be >= 1, not {every}")
+        if nonfinite not in ("flag", "skip", "raise"):
+            raise InputError(f"nonfinite must be 'flag', 'skip' or 'raise', not {nonfinite!r}")
+        if on_error not in ("raise", "warn"):
+            raise InputError(f"on_error must be 'raise' or 'warn', not {on_error!r}")
+        if max_groups < 1:
+            raise InputError(f"max_groups must be >= 1, not {max_groups}")
+        self.path = os.fspath(path)
+        spec_kw: dict[str, Any] = {"k": k, "seed": seed, "kind": kind}
+        if s is not None:
+            spec_kw["s"] = s
+        self.spec = ProjectionSpec(**spec_kw)
+        self._groups_arg = groups
+        self._max_groups = max_groups
+        self.every = every
+        self.nonfinite = nonfinite
+        self.on_error = on_error
+        self.flush_interval = flush_interval
+        self._resume = resume
+        self._chunk_rows = chunk_rows
+        self._break_lock = break_lock
+        self._writer: Any = None
+        self._layout: _Layout | None = None
+        self._failed = False
+        self._closed = False
+        self._last_commit = time.monotonic()
+        self.steps_recorded = 0
+        self.steps_flagged = 0
+        self.steps_skipped = 0
+        ref = weakref.ref(self)
+        self._atexit = lambda: (r := ref()) is not None and r._close_at_exit()
+        atexit.register(self._atexit)
+
+    # ---------------------------------------------------------------- public API
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """The recorded groups (known after the first record)."""
+        return tuple(g for g, _ in self._layout.groups) if self._layout else ()
+
+    def record(self, step: int, grads: Any, *, loss: Any = None, lr: Any = None) -> bool:
+        """Project and append this step's gradient; returns False when the step is not recorded."""
+        if self._closed:
+            raise InputError(f"the Recorder for {self.path} is closed")
+        if self._failed:
+            return False
+        if isinstance(step, bool) or not isinstance(step, int | np.integer):
+            raise InputError(f"step must be an integer, not {type(step).__name__}")
+        if step % self.every:
+            return False
+        named = _named_tensors(grads)
+        if self._layout is None:
+            self._open([(n, _numel(g)) if g is not None else (n, -1) for n, g in named])
+        proj, sqnorm, flags = self._project(named)
+        bad = [g for (g, _), f in zip(self._layout.groups, flags, strict=True) if f & FLAG_NONFINITE]  # type: ignore[union-attr]
+        if bad and self.nonfinite == "raise":
+            raise NonFiniteGradientError(
+                f"step {step}: non-finite gradient in group(s) {', '.join(bad[:5])}"
+                f"{' ...' if len(bad) > 5 else ''}; nothing recorded for this step"
+            )
+        if bad and self.nonfinite == "skip":
+            self._writer.note_skipped()
+            self.steps_skipped += 1
+            return False
+        self._guard(
+            lambda: self._writer.append(int(step), proj, sqnorm, flags, loss=_scalar(loss), lr=_scalar(lr))
+        )
+        if self._failed:
+            return False
+        self.steps_recorded += 1
+        self.steps_flagged += bool(bad)
+        if time.monotonic() - self._last_commit > self.flush_interval:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Commit every buffered row now."""
+        if self._writer is not None and not self._failed and not self._closed:
+            self._guard(self._writer.flush)
+            self._last_commit = time.monotonic()
+
+    def close(self, status: str = "closed") -> None:
+        """Commit what is buffered and release the store."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self._atexit)
+        if self._writer is not None and not self._failed:
+            self._guard(lambda: self._writer.close(status=status))
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.close(status="failed")
+        except Exception as close_exc:  # keep the user's exception; say what happened to the store
+            warnings.warn(f"gradmanifold: could not commit {self.path} after an error: {close_exc}", stacklevel=2)
+
+    # ---------------------------------------------------------------- internals
+    def _close_at_exit(self) -> None:
+        try:
+            self.close(status="closed")
+        except Exception as exc:
+            warnings.warn(f"gradmanifold: could not commit {self.path} at exit: {exc}", stacklevel=1)
+
+    def _guard(self, fn: Any) -> None:
+        try:
+            fn()
+        except StoreWriteError as exc:
+            if self.on_error == "raise":
+                raise
+            self._failed = True
+            if self._writer is not None:
+                self._writer.abandon()
+            warnings.warn(
+                f"gradmanifold: recording stopped, training goes on: {exc}", RuntimeWarning, stacklevel=3
+            )
+
+    def _open(self, tensors: list[tuple[str, int]]) -> None:
+        from gradmanifold.store import StoreWriter
+
+        missing = [n for n, size in tensors if size < 0]
+        if missing:
+            raise InputError(
+                f"the first recorded step has no gradient for {', '.join(missing[:5])}; record after "
+                "backward(), or leave frozen parameters out (requires_grad=False)"
+            )
+        if not tensors:
+            raise InputError("nothing to record: no gradients (no parameters with requires_grad?)")
+        layout = _build_layout(tensors, self._groups_arg, self._max_groups)
+        self._writer = StoreWriter(
+            self.path,
+            self.spec,
+            layout.sizes,
+            resume=self._resume,
+            chunk_rows=self._chunk_rows,
+            break_lock=self._break_lock,
+        )
+        self._layout = layout
+        self._where = {m.tensor: (gi, m) for gi, (_, ms) in enumerate(layout.groups) for m in ms}
+
+    def _project(self, named: list[tuple[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        assert self._layout is not None
+        n_groups = len(self._layout.groups)
+        proj = np.zeros((n_groups, self.spec.k), np.float64)
+        sqnorm = np.zeros(n_groups, np.float64)
+        present = np.zeros(n_groups, np.int64)
+        for name, grad in named:
+            where = self._where.get(name)
+            if where is None:
+                raise InputError(
+                    f"gradient {name!r} is not in the recorded layout ({len(self._where)} tensors known); "
+                    "the set of recorded tensors must stay the same from step to step"
+                )
+            if grad is None:
+                continue
+            gi, member = where
+            n = _numel(grad)
+            if n != member.size:
+                raise InputError(
+                    f"gradient {name!r} has {n} elements, but {member.size} were recorded before; "
+                    "a group's shape cannot change within a store"
+                )
+            z, q = project_with_norm(grad, self.spec, self._layout.groups[gi][0], member.offset)
+            proj[gi] += z
+            sqnorm[gi] += q
+            present[gi] += 1
+        flags = np.zeros(n_groups, np.uint8)
+        flags[present == 0] |= FLAG_SKIPPED
+        nonfinite = ~np.isfinite(sqnorm) | ~np.isfinite(proj).all(axis=1)
+        flags[nonfinite] |= FLAG_NONFINITE
+        proj[nonfinite] = 0.0
+        return proj.astype(np.float32), sqnorm, flags
+
+
+def _scalar(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        return float(v.item() if hasattr(v, "item") else v)
+    except (TypeError, ValueError):
+        raise InputError(f"loss and lr must be numbers, not {type(v).__name__}") from None
