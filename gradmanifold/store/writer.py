@@ -63,15 +63,15 @@ def _now() -> str:
 
 
 def _versions() -> dict[str, str]:
-    import numba
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {
-        "gradmanifold": __version__,
-        "numpy": np.__version__,
-        "zarr": zarr.__version__,
-        "numba": numba.__version__,
-        "python": sys.version.split()[0],
-    }
+    out = {"gradmanifold": __version__, "python": sys.version.split()[0]}
+    for dist in ("numpy", "zarr", "numba", "torch"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 class StoreWriter:
