@@ -24,14 +24,15 @@ the CountSketch variance at the same k (the sign products are what decorrelate, 
 collisions inside a block pair does not enter).
 
 ``gaussian``: dense N(0, 1/k) entries regenerated from counters (hash -> two 32-bit uniforms -> Box-Muller),
-super-block by super-block, never the whole matrix; cost O(k d). For small groups and to match the paper.
+super-block by super-block, never the whole matrix; cost O(k d). For small groups and to match the paper:
+the scalar log/cos/sin per pair of entries make it ~0.06 GMAC/s per core (~4 s for d = 1e6, k = 256).
 
 Default s = 2. s >= 2 embeds subspaces much better than a CountSketch (s = 1), which matters because the
 predictable rank is read from the spectrum of projected increments; each doubling of s halves the
 throughput (the kernel is bound by the s float64 accumulator updates per input coordinate, not by memory).
-Measured here (AMD EPYC, one core, d = 1e8 float32): s = 1 ~2.2-3.3, s = 2 ~1.9-2.0, s = 4 ~1.1,
-s = 8 ~0.4 Gparam/s (bench/bench_projection.py). s = 2 is the largest s that keeps ~2 Gparam/s per core;
-s = 4 or 8 are there for small k or when the embedding quality matters more than the time.
+Measured here (AMD EPYC, one core, d = 1e8 float32, k = 256, read roofline 5.9 Gparam/s): s = 1 3.4,
+s = 2 2.0, s = 4 1.1, s = 8 0.5 Gparam/s (bench/bench_projection.py). s = 2 is the largest s that keeps
+~2 Gparam/s per core; s = 4 or 8 are there for small k or when embedding quality matters more than time.
 
 Inputs: numpy float16/32/64 (and ml_dtypes bfloat16), anything with __array__ or __dlpack__, torch tensors.
 A CPU tensor is read without a copy and projected by the numba kernel (same bits as the numpy array); a tensor
@@ -82,7 +83,9 @@ class ProjectionSpec:
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int | np.integer) or self.k < 1:
-            raise UsageError(f"projection k={self.k!r} is invalid: k is the output dimension; use an integer >= 1")
+            raise UsageError(
+                f"projection k={self.k!r} is invalid: k is the output dimension; use an integer >= 1"
+            )
         if self.kind not in KINDS:
             raise UsageError(f"projection kind {self.kind!r} is unknown: use one of {', '.join(KINDS)}")
         if self.kind == "sparse" and (self.s not in SPARSE_S or self.k % self.s):
@@ -136,7 +139,9 @@ class Projector:
     def project_with_norm(self, x: Any, group: str, offset: int = 0) -> tuple[np.ndarray, float]:
         """float64[k] projection of x (flattened in C order, at global `offset` in its group) and ||x||^2."""
         if not isinstance(group, str):
-            raise UsageError(f"group name {group!r} is not a string: the key of a group is hashed from its name")
+            raise UsageError(
+                f"group name {group!r} is not a string: the key of a group is hashed from its name"
+            )
         if isinstance(offset, bool) or not isinstance(offset, int | np.integer) or offset < 0:
             raise UsageError(
                 f"offset={offset!r} is invalid: it is the index of x's first element within its group; "
@@ -198,7 +203,11 @@ def _bad_dtype(dtype: Any) -> InputError:
 def _numpy_source(x: Any) -> Source:
     if not isinstance(x, np.ndarray):
         try:
-            x = np.asarray(x) if hasattr(x, "__array__") or not hasattr(x, "__dlpack__") else np.from_dlpack(x)
+            x = (
+                np.asarray(x)
+                if hasattr(x, "__array__") or not hasattr(x, "__dlpack__")
+                else np.from_dlpack(x)
+            )
         except (TypeError, ValueError, RuntimeError, BufferError) as e:
             raise InputError(
                 f"cannot read a {type(x).__name__} as an array ({e}); pass a numpy array, a torch tensor or "
@@ -235,8 +244,14 @@ def _torch_cpu_source(t: Any) -> Source:
     return flat_t.numel(), None, lambda lo, hi: flat_t[lo:hi].to(torch.float32).numpy()
 
 
-def _project_pieces(n: int, whole: np.ndarray | None, get: Callable[[int, int], np.ndarray], spec: ProjectionSpec,
-                    keys: _Keys, offset: int) -> tuple[np.ndarray, float]:  # fmt: skip
+def _project_pieces(
+    n: int,
+    whole: np.ndarray | None,
+    get: Callable[[int, int], np.ndarray],
+    spec: ProjectionSpec,
+    keys: _Keys,
+    offset: int,
+) -> tuple[np.ndarray, float]:
     k = spec.k
     total = np.zeros(k + 1)
     if spec.kind == "sparse":

@@ -6,6 +6,7 @@ Tolerances: float64 results that differ only in summation order are compared wit
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import tracemalloc
@@ -73,7 +74,9 @@ def test_shards_add_up_to_the_whole(spec: ProjectionSpec, n: int, offset: int, c
     x = _vec(n, n)
     z, q = project_with_norm(x, spec, "layer.0", offset)
     bounds = sorted({0, n, *(c for c in cuts if c < n)})
-    parts = [project_with_norm(x[lo:hi], spec, "layer.0", offset + lo) for lo, hi in zip(bounds, bounds[1:])]
+    parts = [
+        project_with_norm(x[lo:hi], spec, "layer.0", offset + lo) for lo, hi in itertools.pairwise(bounds)
+    ]
     assert np.abs(sum(p[0] for p in parts) - z).max() <= _tol(x)
     assert abs(sum(p[1] for p in parts) - q) <= 1e-12 * q
 
@@ -216,7 +219,9 @@ for spec in (ProjectionSpec(k=64, seed=11), ProjectionSpec(k=8, seed=11, kind="g
 
 
 def test_same_bits_in_another_process() -> None:
-    out = subprocess.run([sys.executable, "-c", _SUBPROCESS], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _SUBPROCESS], capture_output=True, text=True, check=True
+    ).stdout
     x = np.random.default_rng(7).standard_normal(70001).astype(np.float32)
     here = []
     for spec in (ProjectionSpec(k=64, seed=11), ProjectionSpec(k=8, seed=11, kind="gaussian")):

@@ -126,7 +126,6 @@ def _sparse_accumulate(x, base, m, kshift, ksign, total):  # type: ignore[no-unt
     n = x.size
     if n == 0:
         return
-    k = kshift.size * m
     sb = m * max(1, SPARSE_SUPERBLOCK_TARGET // m)
     g0 = base
     g1 = base + n
@@ -149,7 +148,7 @@ def _sparse_accumulate(x, base, m, kshift, ksign, total):  # type: ignore[no-unt
 
 @numba.njit(cache=True)
 def _gaussian_range(x, base, lo, hi, kg, k, out):  # type: ignore[no-untyped-def]
-    """Add sum_j x[j] * N(j, :) for global j in [lo, hi) into out[:k] (standard normals), squares to out[k:]."""
+    """Add sum_j x[j] * N(j, :) over global j in [lo, hi) into out[:k] of normals; ||x||^2 to out[k]."""
     kp = (k + 1) // 2
     sq = 0.0
     for j in range(lo, hi):
@@ -193,7 +192,9 @@ def _gaussian_accumulate(x, base, kg, k, total):  # type: ignore[no-untyped-def]
     return
 
 
-def sparse_accumulate(x: np.ndarray, base: int, m: int, kshift: np.ndarray, ksign: np.ndarray, total: np.ndarray) -> None:
+def sparse_accumulate(
+    x: np.ndarray, base: int, m: int, kshift: np.ndarray, ksign: np.ndarray, total: np.ndarray
+) -> None:
     """Sparse (OSNAP-style) kernel: see gradmanifold.projection for the construction."""
     with np.errstate(over="ignore"):  # uint64 wrap-around is the hash; only visible with NUMBA_DISABLE_JIT
         _sparse_accumulate(x, np.int64(base), np.int64(m), kshift, ksign, total)
