@@ -1,0 +1,615 @@
+"""The streaming analysis engine: a ChunkSource (a store, or arrays) in, an AnalysisResult (plain data) out.
+
+    analyze("run.zarr")                      # defaults: zero, last, ema:0.9, ema:0.99, trend; exact spectrum
+    analyze(source, AnalysisConfig(window=500, eps=(0.1,)))
+    analyze(proj_array, burn_in=10)          # float32 [T, G, k] or [T, k] in memory (no exact norms)
+
+Scopes: `model` (the sum of the selected groups' projections, in float64, per step) and each selected group.
+
+One pass over the committed rows, chunk by chunk (memory independent of T). For every scope the predictor
+state (last three rows, EMA vectors) and the increment rows carry across chunk boundaries, so any chunking
+gives the same numbers (per-coordinate sums are added in row order; only the Gram's block products round
+differently, at ~1e-15 relative). Chunks are read ahead in a thread while the kernels work; the predictor
+kernel runs the scopes in parallel and the Gram products run on BLAS threads, so both cores are busy.
+
+Rows that are not counted or missing:
+- `start_step`/`stop_step` select the stream: the first row in the range starts fresh (m = 0 for it).
+- `burn_in` N: the first N rows of the range feed the predictors' state but are left out of both sums of
+  kappa; increments start at the first counted row (h for it uses the last burn-in row), so P(last) equals
+  ||H||_F^2 exactly when N >= 1.
+- A row flagged in the store (non-finite or skipped) is missing for each group it is flagged in, and for the
+  model when any selected group is flagged. A missing row is dropped from that scope's stream: the predictors
+  and the increments treat the rows before and after it as consecutive (the EMA does not decay over it, `last`
+  predicts the next row from the last valid one, the increment spans the gap). Missing rows in the counted
+  range are reported per scope as `excluded_steps`.
+- Windows of W rows cut the counted rows in order (the last window may be shorter). A window's kappa uses the
+  errors of the steps in it (predictions carry across windows) and its r* the increments ending in it, so
+  window path lengths and Grams add up to the global ones.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+from gradmanifold import spectrum as sp
+from gradmanifold.errors import EmptyStoreError, UsageError
+from gradmanifold.predictors import (
+    DEFAULT_EMA_GRID,
+    DEFAULT_PREDICTORS,
+    EMA,
+    ZERO,
+    Predictor,
+    parse_beta,
+    parse_predictors,
+)
+from gradmanifold.report.model import (
+    AnalysisResult,
+    BestEma,
+    Bounds,
+    GroupSummary,
+    NestedRank,
+    RankResult,
+    RunConfig,
+    ScopeResult,
+    StoreSummary,
+    WindowResult,
+    WindowScope,
+)
+from gradmanifold.store.chunk import ArraySource, Chunk, ChunkSource
+
+DEFAULT_EPS = (0.5, 0.1, 0.05, 0.01)
+SVD_METHODS = ("auto", "exact", "randomized")
+EXACT_MAX_K = 2048  # `auto` uses the exact Gram up to this k (k^2 / 2 multiply-adds a row), a sketch beyond
+DEFAULT_SKETCH_RANK = 512
+BUFFER_BYTES = 2 << 20  # increment rows buffered per scope before one Gram product (~1000 rows at k = 256)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Options of `analyze`; validated once by `analyze` (UsageError on a bad value)."""
+
+    predictors: tuple[str, ...] = DEFAULT_PREDICTORS
+    ema_grid: tuple[float, ...] = DEFAULT_EMA_GRID
+    eps: tuple[float, ...] = DEFAULT_EPS
+    window: int | None = None
+    svd: str = "auto"
+    sketch_rank: int = DEFAULT_SKETCH_RANK
+    seed: int = 0  # test matrix of the randomized sketch
+    start_step: int | None = None  # first step analyzed (inclusive)
+    stop_step: int | None = None  # end of the range (exclusive)
+    groups: tuple[str, ...] | None = None  # None: all groups
+    burn_in: int = 0
+    chunk_rows: int | None = None  # rows per block read (None: the source's natural chunks)
+
+
+def eps_key(eps: float) -> str:
+    """The JSON key of an eps value: Python's shortest repr ("0.1", "0.05")."""
+    return repr(float(eps))
+
+
+def analyze(
+    source: ChunkSource | str | os.PathLike[str] | np.ndarray,
+    config: AnalysisConfig | None = None,
+    *,
+    progress: Progress | None = None,
+    **options: Any,
+) -> AnalysisResult:
+    """Analyze a store (path or open reader), any ChunkSource, or a float32 [T, G, k] / [T, k] array.
+
+    Keyword options override fields of `config` (see AnalysisConfig). `progress(rows_done, rows_total)` is
+    called after each chunk. Raises UsageError for bad options and EmptyStoreError when fewer than two steps
+    are counted; opening a path raises the store's errors (StoreNotFoundError, NotAStoreError, ...).
+    """
+    cfg = config or AnalysisConfig()
+    names = {f.name for f in fields(AnalysisConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise UsageError(
+            f"unknown analysis option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    cfg = replace(cfg, **options)
+    src, store = _open_source(source)
+    plan = _plan(src, cfg)
+    return _Run(src, plan, progress).run(store)
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class _Plan:
+    cfg: AnalysisConfig
+    predictors: tuple[Predictor, ...]  # all computed: reported ones (zero first), then extra grid EMAs
+    n_report: int  # the first n_report predictors are reported
+    grid: tuple[tuple[float, int], ...]  # (beta, predictor index) of the EMA grid
+    eps: tuple[float, ...]
+    method: str
+    sketch_rank: int | None
+    lo: int  # rows [lo, hi) of the range
+    hi: int
+    count_lo: int  # first counted row (lo + burn_in)
+    sel: tuple[int, ...]  # selected group indices (store order)
+    scope_names: tuple[str, ...]
+    members: np.ndarray
+    offsets: np.ndarray
+
+
+def _open_source(source: Any) -> tuple[ChunkSource, StoreSummary]:
+    path: str | None = None
+    projection: dict[str, Any] | None = None
+    if isinstance(source, np.ndarray):
+        arr = source if source.ndim == 3 else source.reshape(source.shape[0], 1, -1)
+        if arr.ndim != 3:
+            raise UsageError(f"an array to analyze must be [T, G, k] or [T, k], got shape {source.shape}")
+        src: ChunkSource = ArraySource(arr, np.zeros(arr.shape[:2]))
+    elif isinstance(source, (str, os.PathLike)):
+        from gradmanifold.store import open_store
+
+        src = open_store(source)
+    else:
+        src = source
+    if getattr(src, "path", None) is not None:
+        path = str(src.path)  # type: ignore[attr-defined]
+    spec = getattr(src, "spec", None)
+    if spec is not None:
+        projection = spec.to_dict()
+    groups = tuple(GroupSummary(n, int(s)) for n, s in zip(src.group_names, src.group_sizes, strict=True))
+    return src, StoreSummary(path=path, n_steps=src.n_steps, k=src.k, projection=projection, groups=groups)
+
+
+def _plan(src: ChunkSource, cfg: AnalysisConfig) -> _Plan:
+    reported = list(parse_predictors(cfg.predictors))
+    zero = Predictor(ZERO)
+    if zero in reported:
+        reported.remove(zero)
+    reported.insert(0, zero)  # always computed: the denominator and the self-test
+    betas = sorted({parse_beta(b, what="--ema-grid") for b in cfg.ema_grid})
+    preds = list(reported)
+    grid = []
+    for b in betas:
+        p = Predictor(EMA, b)
+        if p not in preds:
+            preds.append(p)
+        grid.append((b, preds.index(p)))
+
+    eps: list[float] = []
+    for e in cfg.eps:
+        try:
+            v = float(e)
+        except (TypeError, ValueError):
+            raise UsageError(f"eps {e!r} is not a number; give values in (0, 1) such as 0.1") from None
+        if not 0.0 < v < 1.0:
+            raise UsageError(f"eps {e!r} is outside (0, 1); give values in (0, 1) such as 0.1 or 0.01")
+        if v not in eps:
+            eps.append(v)
+    if not eps:
+        raise UsageError("no eps given; use e.g. --eps 0.5,0.1,0.05,0.01")
+    if cfg.window is not None and int(cfg.window) < 2:
+        raise UsageError(f"window {cfg.window} is too short; give at least 2 steps (e.g. --window 500)")
+    if cfg.svd not in SVD_METHODS:
+        raise UsageError(f"unknown svd method {cfg.svd!r}; use one of {', '.join(SVD_METHODS)}")
+    if int(cfg.sketch_rank) < 1:
+        raise UsageError(f"sketch rank {cfg.sketch_rank} must be at least 1")
+    if int(cfg.burn_in) < 0:
+        raise UsageError(f"burn-in {cfg.burn_in} is negative; give 0 or more steps")
+    if cfg.chunk_rows is not None and int(cfg.chunk_rows) < 1:
+        raise UsageError(f"chunk rows {cfg.chunk_rows} must be at least 1")
+    k = src.k
+    method = cfg.svd if cfg.svd != "auto" else ("exact" if k <= EXACT_MAX_K else "randomized")
+
+    names = src.group_names
+    if cfg.groups is None:
+        sel = tuple(range(len(names)))
+    else:
+        wanted = [g.strip() for item in cfg.groups for g in str(item).split(",") if g.strip()]
+        missing = [g for g in wanted if g not in names]
+        if missing:
+            shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+            raise UsageError(f"unknown group(s) {', '.join(map(repr, missing))}; the store has: {shown}")
+        if not wanted:
+            raise UsageError("no groups given; name groups from `gradmanifold info`")
+        sel = tuple(i for i, n in enumerate(names) if n in wanted)
+    if not sel:
+        raise EmptyStoreError("the source has no groups; record at least one group")
+
+    lo, hi = _row_range(src, cfg.start_step, cfg.stop_step)
+    burn = int(cfg.burn_in)
+    counted = hi - lo - burn
+    if counted < 2:
+        where = "the store" if cfg.start_step is None and cfg.stop_step is None else "the step range"
+        have = f"{where} holds {hi - lo} committed step{'s' if hi - lo != 1 else ''}"
+        if burn:
+            have += f" and --burn-in drops {burn}"
+        raise EmptyStoreError(
+            f"{have}; the analysis needs at least 2 counted steps (record more steps"
+            + (", lower --burn-in" if burn else "")
+            + (", or widen --start/--stop" if where == "the step range" else "")
+            + ")"
+        )
+    scope_members = [list(sel)] + [[g] for g in sel]
+    offsets = np.cumsum([0] + [len(m) for m in scope_members]).astype(np.int64)
+    members = np.array([g for m in scope_members for g in m], dtype=np.int64)
+    return _Plan(
+        cfg=cfg,
+        predictors=tuple(preds),
+        n_report=len(reported),
+        grid=tuple(grid),
+        eps=tuple(eps),
+        method=method,
+        sketch_rank=min(int(cfg.sketch_rank), k) if method == "randomized" else None,
+        lo=lo,
+        hi=hi,
+        count_lo=lo + burn,
+        sel=sel,
+        scope_names=("model", *(names[g] for g in sel)),
+        members=members,
+        offsets=offsets,
+    )
+
+
+def _row_range(src: ChunkSource, start: int | None, stop: int | None) -> tuple[int, int]:
+    if start is not None and stop is not None and int(stop) <= int(start):
+        raise UsageError(f"--stop {stop} is not after --start {start}; the range is [start, stop)")
+    if start is None and stop is None:
+        return 0, src.n_steps
+    row_range = getattr(src, "row_range", None)
+    if row_range is not None:
+        lo, hi = row_range(start, stop)
+        return int(lo), int(hi)
+    steps = src.steps()
+    lo = 0 if start is None else int(np.searchsorted(steps, int(start), side="left"))
+    hi = len(steps) if stop is None else int(np.searchsorted(steps, int(stop), side="left"))
+    return lo, max(lo, hi)
+
+
+# ---------------------------------------------------------------------------------------------- the pass
+
+
+class _Run:
+    """State of one pass: predictor state, per-coordinate sums, increment buffers, spectrum accumulators."""
+
+    def __init__(self, src: ChunkSource, plan: _Plan, progress: Progress | None) -> None:
+        from gradmanifold.kernels.gram import ExactGram, NystromSketch
+        from gradmanifold.kernels.predict import predict_block
+
+        self.src, self.plan, self.progress = src, plan, progress
+        self.kernel = predict_block
+        k = src.k
+        n_scopes = len(plan.scope_names)
+        n_pred = len(plan.predictors)
+        self.k, self.n_scopes = k, n_scopes
+        self.kinds = np.array([p.kind for p in plan.predictors], dtype=np.int64)
+        self.betas = np.array([p.beta for p in plan.predictors], dtype=np.float64)
+        self.hist = np.zeros((n_scopes, 3, k))
+        self.nseen = np.zeros(n_scopes, np.int64)
+        self.ema = np.zeros((n_scopes, n_pred, k))
+        self.acc = np.zeros((n_scopes, n_pred, k))  # per-coordinate error sums, closed windows
+        self.wacc = np.zeros((n_scopes, n_pred, k))  # the same for the open window
+        self.wcount = np.zeros(n_scopes, np.int64)
+        self.count = np.zeros(n_scopes, np.int64)
+        self.excluded = np.zeros(n_scopes, np.int64)
+        self.exact_sq = np.zeros(n_scopes)
+        self.cap = max(64, BUFFER_BYTES // (8 * k))
+        self.hbuf = np.zeros((n_scopes, self.cap, k))
+        self.hcount = np.zeros(n_scopes, np.int64)
+        self.buffered = 0
+        self.levels = sp.nested_levels(k)
+        cfg = plan.cfg
+
+        def make(kk: int) -> ExactGram | NystromSketch:
+            if plan.method == "exact":
+                return ExactGram(kk)
+            return NystromSketch(kk, plan.sketch_rank or kk, cfg.seed)
+
+        self.main = [make(k) for _ in range(n_scopes)]
+        self.win = [make(k) for _ in range(n_scopes)]
+        # A sketch gives only its own spectrum: the nested sub-sketches get their own (randomized only).
+        self.sub = [
+            {kk: make(kk) for kk in self.levels[:-1]} if plan.method == "randomized" else {}
+            for _ in range(n_scopes)
+        ]
+        self.windows: list[WindowResult] = []
+        self.win_first_step: int | None = None
+        self.win_last_step = 0
+        self.win_rows = 0
+        self.first_step: int | None = None
+        self.last_step = 0
+
+    # ------------------------------------------------------------------ driver
+    def run(self, store: StoreSummary) -> AnalysisResult:
+        plan = self.plan
+        window = plan.cfg.window
+        total = plan.hi - plan.lo
+        done = 0
+        chunks = self.src.iter_chunks(plan.lo, plan.hi, None, plan.cfg.chunk_rows)
+        for chunk in _read_ahead(chunks):
+            self._chunk(chunk, window)
+            done += chunk.n
+            if self.progress is not None:
+                self.progress(done, total)
+        self._flush()
+        if self.win_rows or not self.windows:
+            self._close_window(report=window is not None)
+        return self._result(store)
+
+    def _chunk(self, chunk: Chunk, window: int | None) -> None:
+        plan = self.plan
+        n, r0 = chunk.n, chunk.row0
+        proj = np.ascontiguousarray(chunk.proj, dtype=np.float32)
+        sel = list(plan.sel)
+        bad = chunk.flags[:, sel] != 0
+        valid = np.empty((n, self.n_scopes), dtype=np.bool_)
+        valid[:, 0] = ~bad.any(axis=1)
+        valid[:, 1:] = ~bad
+        counted = np.arange(r0, r0 + n) >= plan.count_lo
+        cv = valid & counted[:, None]
+        sq = np.asarray(chunk.sqnorm, dtype=np.float64)[:, sel]
+        self.exact_sq[0] += float(sq.sum(axis=1)[cv[:, 0]].sum())
+        self.exact_sq[1:] += np.where(cv[:, 1:], sq, 0.0).sum(axis=0)
+        self.excluded += (counted[:, None] & ~valid).sum(axis=0)
+        a = 0
+        while a < n:
+            row = r0 + a
+            b = n
+            if row < plan.count_lo:
+                b = min(b, plan.count_lo - r0)
+            elif window is not None:
+                wend = plan.count_lo + (len(self.windows) + 1) * window
+                b = min(b, wend - r0)
+            b = min(b, a + self.cap - self.buffered)
+            self.kernel(
+                proj[a:b],
+                plan.members,
+                plan.offsets,
+                valid[a:b],
+                counted[a:b],
+                self.kinds,
+                self.betas,
+                self.hist,
+                self.nseen,
+                self.ema,
+                self.wacc,
+                self.wcount,
+                self.hbuf,
+                self.hcount,
+            )
+            self.buffered += b - a
+            if row >= plan.count_lo:
+                if self.win_first_step is None:
+                    self.win_first_step = int(chunk.step[a])
+                if self.first_step is None:
+                    self.first_step = int(chunk.step[a])
+                self.win_last_step = self.last_step = int(chunk.step[b - 1])
+                self.win_rows += b - a
+            a = b
+            if self.buffered >= self.cap:
+                self._flush()
+            if window is not None and self.win_rows == window:
+                self._flush()
+                self._close_window(report=True)
+
+    def _flush(self) -> None:
+        for s in range(self.n_scopes):
+            c = int(self.hcount[s])
+            if c:
+                h = self.hbuf[s, :c]
+                self.win[s].add(h)
+                for kk, acc in self.sub[s].items():
+                    acc.add(h[:, :kk])
+        self.hcount[:] = 0
+        self.buffered = 0
+
+    def _close_window(self, report: bool) -> None:
+        plan = self.plan
+        wsum = self.wacc.sum(axis=2)
+        if report:
+            scopes = {}
+            for s, name in enumerate(plan.scope_names):
+                den = float(wsum[s, 0])
+                kappa = {
+                    p.id: (float(wsum[s, i]) / den if den > 0.0 else None)
+                    for i, p in enumerate(plan.predictors[: plan.n_report])
+                }
+                acc = self.win[s]
+                if acc.n_rows:
+                    eigs, tot = acc.eigenvalues(), acc.frobenius_sq
+                    r_star = {eps_key(e): sp.r_star(eigs, tot, e) for e in plan.eps}
+                else:
+                    r_star = {eps_key(e): None for e in plan.eps}
+                scopes[name] = WindowScope(n_steps=int(self.wcount[s]), kappa=kappa, r_star=r_star)
+            self.windows.append(
+                WindowResult(
+                    index=len(self.windows),
+                    start_step=int(self.win_first_step if self.win_first_step is not None else 0),
+                    end_step=self.win_last_step,
+                    n_rows=self.win_rows,
+                    scopes=scopes,
+                )
+            )
+        for s in range(self.n_scopes):
+            self.main[s] += self.win[s]  # type: ignore[operator]
+            self.win[s].reset()
+        self.acc += self.wacc
+        self.count += self.wcount
+        self.wacc[:] = 0.0
+        self.wcount[:] = 0
+        self.win_first_step = None
+        self.win_rows = 0
+
+    # ------------------------------------------------------------------ results
+    def _result(self, store: StoreSummary) -> AnalysisResult:
+        plan, cfg = self.plan, self.plan.cfg
+        scopes = {name: self._scope(s, name) for s, name in enumerate(plan.scope_names)}
+        warnings: list[str] = []
+        for name, sc in scopes.items():
+            nested = sc.rank.nested
+            if not nested.k_enough:
+                ks = ",".join(str(kk) for kk in nested.ks)
+                moves = ", ".join(
+                    f"r*({e}) " + "->".join("?" if r is None else str(r) for r in nested.r_star[e])
+                    for e in nested.moving
+                )
+                warnings.append(
+                    f"{name}: r* still grows with k ({moves} at k = {ks}); a sketch biases r* low when the "
+                    f"increment spectrum is flat: record with k >= {nested.suggested_k}"
+                )
+            unresolved = [e for e, r in sc.rank.r_star.items() if r is None]
+            if unresolved:
+                warnings.append(
+                    f"{name}: r*({', '.join(unresolved)}) exceeds the sketch rank {plan.sketch_rank}; "
+                    "rerun with a larger --sketch-rank or --svd exact"
+                )
+            if sc.excluded_steps:
+                warnings.append(f"{name}: {sc.excluded_steps} flagged step(s) excluded")
+        config = RunConfig(
+            predictors=tuple(p.id for p in plan.predictors[: plan.n_report]),
+            ema_grid=tuple(b for b, _ in plan.grid),
+            eps=plan.eps,
+            window=cfg.window,
+            svd=cfg.svd,
+            svd_method=plan.method,
+            sketch_rank=plan.sketch_rank,
+            start_step=cfg.start_step,
+            stop_step=cfg.stop_step,
+            burn_in=int(cfg.burn_in),
+            groups=plan.scope_names[1:],
+            first_step=self.first_step if self.first_step is not None else 0,
+            last_step=self.last_step,
+            n_rows=plan.hi - plan.lo,
+        )
+        return AnalysisResult(
+            store=store, config=config, scopes=scopes, windows=tuple(self.windows), warnings=tuple(warnings)
+        )
+
+    def _scope(self, s: int, name: str) -> ScopeResult:
+        plan = self.plan
+        n = int(self.count[s])
+        den = float(self.acc[s, 0].sum())
+        path_length: dict[str, float] = {}
+        kappa: dict[str, float] = {}
+        interval: dict[str, tuple[float, float]] = {}
+        for i, p in enumerate(plan.predictors[: plan.n_report]):
+            num = float(self.acc[s, i].sum()) if i else den  # the same float: kappa(zero) == 1 exactly
+            path_length[p.id] = num
+            kappa[p.id] = num / den if den > 0.0 else math.nan
+            if i == 0:
+                interval[p.id] = (kappa[p.id], kappa[p.id])
+            else:
+                interval[p.id] = sp.kappa_interval(self.acc[s, i], self.acc[s, 0])
+        best = None
+        if plan.grid:
+            ks = [(float(self.acc[s, i].sum()) / den if den > 0.0 else math.nan, b) for b, i in plan.grid]
+            kb, bb = min(ks, key=lambda t: math.inf if math.isnan(t[0]) else t[0])
+            best = BestEma(beta=bb, kappa=kb)
+        candidates = [(v, pid) for pid, v in kappa.items() if not math.isnan(v)]
+        if best is not None and not math.isnan(best.kappa):
+            candidates.append((best.kappa, Predictor(EMA, best.beta).id))
+        kmin, kpid = min(candidates) if candidates else (math.nan, "zero")
+        bounds = Bounds(
+            sqrt_min_kappa=math.sqrt(kmin) if not math.isnan(kmin) else math.nan,
+            min_kappa_predictor=kpid,
+            min_avg_proxy_error=kmin * den / n if n else math.nan,
+            avg_proxy_error={pid: v / n if n else math.nan for pid, v in path_length.items()},
+        )
+        exact = float(self.exact_sq[s])
+        return ScopeResult(
+            name=name,
+            n_steps=n,
+            excluded_steps=int(self.excluded[s]),
+            path_length=path_length,
+            kappa=kappa,
+            kappa_interval=interval,
+            projection_distortion=den / exact if exact > 0.0 else None,
+            distortion_rel_error=sp.relative_error(self.acc[s, 0]),
+            rank=self._rank(s),
+            bounds=bounds,
+            best_ema=best,
+        )
+
+    def _rank(self, s: int) -> RankResult:
+        plan = self.plan
+        main = self.main[s]
+        eigs, total = main.eigenvalues(), main.frobenius_sq
+        by_level: dict[str, list[int | None]] = {eps_key(e): [] for e in plan.eps}
+        for kk in self.levels:
+            if kk == self.k:
+                le, lt = eigs, total
+            elif plan.method == "exact":
+                le = main.eigenvalues(kk)
+                lt = float(np.trace(main.gram[:kk, :kk]))  # type: ignore[union-attr]
+            else:
+                sub = self.sub[s][kk]
+                le, lt = sub.eigenvalues(), sub.frobenius_sq
+            for e in plan.eps:
+                by_level[eps_key(e)].append(sp.r_star(le, lt, e))
+        k_enough, suggested, moving = sp.nested_verdict(self.levels, by_level)
+        return RankResult(
+            method=plan.method,
+            n_increments=main.n_rows,
+            frobenius_sq=total,
+            r_star={eps_key(e): sp.r_star(eigs, total, e) for e in plan.eps},
+            tail=tuple(float(v) for v in sp.tail_fractions(eigs, total)),
+            participation_ratio=sp.participation_ratio(eigs),
+            top_energy=sp.top_energy(eigs, total),
+            nested=NestedRank(
+                ks=self.levels,
+                r_star={e: tuple(v) for e, v in by_level.items()},
+                k_enough=k_enough,
+                suggested_k=suggested,
+                moving=tuple(moving),
+            ),
+        )
+
+
+def _read_ahead(chunks: Iterator[Chunk], depth: int = 2) -> Iterator[Chunk]:
+    """Iterate `chunks` in a background thread, `depth` chunks ahead (reading overlaps the kernels)."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def worker() -> None:
+        try:
+            for c in chunks:
+                if not put(c):
+                    return
+            put(end)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(_Failure(exc))
+
+    t = threading.Thread(target=worker, name="gradmanifold-read", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        t.join(timeout=5)
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc

@@ -1,0 +1,172 @@
+"""Predictor-error kernel: one fused pass over a block of rows for every scope and every predictor.
+
+A *scope* is a set of groups whose projections are summed (in float64, in group order) into the row x_t: one
+group, or all selected groups for the model total. For each scope the kernel
+
+- skips rows that are not valid for it (flagged): the stream goes on from the last valid row;
+- for every predictor, forms m_t from the carried state and adds (x_t - m_t)_j^2 to a per-coordinate float64
+  accumulator (only on counted rows; burn-in rows only update state). No scalar reduction runs inside the
+  kernel, so every inner loop is an elementwise loop over the k coordinates that the compiler vectorises
+  without reordering any sum;
+- writes the increment h_t = x_t - x_prev of counted rows into a buffer for the Gram (increments need a
+  previous valid row, so the first row of a stream has none);
+- updates the state: the last three rows (a ring) and one EMA vector per EMA predictor.
+
+State lives in arrays owned by the caller, so a stream split into blocks at any boundary gives the same
+per-coordinate sums, in the same order: results do not depend on chunking.
+
+`predict_block` is the Numba kernel (scopes in parallel); `predict_block_numpy` is its plain numpy twin with
+the same signature, used as the test oracle. Both mutate the state and output arrays in place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from gradmanifold.predictors import EMA, LAST, TREND, ZERO
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def predict_block(  # pragma: no cover - compiled; the numpy twin and the JIT-disabled run cover the logic
+    proj: np.ndarray,  # float32 [n, G, k]
+    members: np.ndarray,  # int64 [M]: group indices of all scopes, concatenated
+    offsets: np.ndarray,  # int64 [S + 1]: scope s sums members[offsets[s]:offsets[s + 1]]
+    valid: np.ndarray,  # bool [n, S]
+    counted: np.ndarray,  # bool [n]
+    kinds: np.ndarray,  # int64 [P]
+    betas: np.ndarray,  # float64 [P]
+    hist: np.ndarray,  # float64 [S, 3, k]: ring of the last three valid rows
+    nseen: np.ndarray,  # int64 [S]: valid rows seen so far (state)
+    ema: np.ndarray,  # float64 [S, P, k]: EMA states (rows of non-EMA predictors unused)
+    acc: np.ndarray,  # float64 [S, P, k]: per-coordinate error sums of counted rows (accumulated)
+    bcount: np.ndarray,  # int64 [S]: counted valid rows of this call (accumulated)
+    hbuf: np.ndarray,  # float64 [S, cap, k]: increments (appended at hcount[s])
+    hcount: np.ndarray,  # int64 [S]: rows used in hbuf (accumulated)
+) -> None:
+    n = proj.shape[0]
+    k = proj.shape[2]
+    n_scopes = offsets.shape[0] - 1
+    n_pred = kinds.shape[0]
+    for s in prange(n_scopes):
+        first = members[offsets[s]]
+        for t in range(n):
+            if not valid[t, s]:
+                continue
+            ns = nseen[s]
+            cur = ns % 3
+            p1 = (ns + 2) % 3  # previous row
+            p2 = (ns + 1) % 3  # the row before
+            x = hist[s, cur]
+            for j in range(k):
+                x[j] = np.float64(proj[t, first, j])
+            for mi in range(offsets[s] + 1, offsets[s + 1]):
+                g = members[mi]
+                for j in range(k):
+                    x[j] += np.float64(proj[t, g, j])
+            prev = hist[s, p1]
+            prev2 = hist[s, p2]
+            cnt = counted[t]
+            if cnt:
+                bcount[s] += 1
+                if ns > 0:
+                    c = hcount[s]
+                    for j in range(k):
+                        hbuf[s, c, j] = x[j] - prev[j]
+                    hcount[s] = c + 1
+            for p in range(n_pred):
+                kind = kinds[p]
+                a = acc[s, p]
+                if kind == EMA:
+                    e = ema[s, p]
+                    b = betas[p]
+                    omb = 1.0 - b
+                    if cnt:
+                        for j in range(k):
+                            m = e[j]
+                            d = x[j] - m
+                            a[j] += d * d
+                            e[j] = b * m + omb * x[j]
+                    else:
+                        for j in range(k):
+                            e[j] = b * e[j] + omb * x[j]
+                elif not cnt:
+                    continue
+                elif kind == ZERO or (ns == 0 and (kind in (LAST, TREND))):
+                    for j in range(k):
+                        a[j] += x[j] * x[j]
+                elif kind == LAST or (kind == TREND and ns == 1):
+                    for j in range(k):
+                        d = x[j] - prev[j]
+                        a[j] += d * d
+                else:  # TREND, ns >= 2
+                    for j in range(k):
+                        d = x[j] - (2.0 * prev[j] - prev2[j])
+                        a[j] += d * d
+            nseen[s] = ns + 1
+
+
+def predict_block_numpy(
+    proj: np.ndarray,
+    members: np.ndarray,
+    offsets: np.ndarray,
+    valid: np.ndarray,
+    counted: np.ndarray,
+    kinds: np.ndarray,
+    betas: np.ndarray,
+    hist: np.ndarray,
+    nseen: np.ndarray,
+    ema: np.ndarray,
+    acc: np.ndarray,
+    bcount: np.ndarray,
+    hbuf: np.ndarray,
+    hcount: np.ndarray,
+) -> None:
+    """Numpy twin of `predict_block`: same arguments, same effect (up to float summation order)."""
+    n_scopes = offsets.shape[0] - 1
+    for s in range(n_scopes):
+        groups = members[offsets[s] : offsets[s + 1]]
+        rows = np.flatnonzero(valid[:, s])
+        if rows.size == 0:
+            continue
+        x = proj[rows][:, groups].astype(np.float64).sum(axis=1)  # [m, k]
+        m = x.shape[0]
+        cnt = counted[rows]
+        ns0 = int(nseen[s])
+        # The two rows before each row: from the carried ring, then from this block.
+        lead = np.zeros((2, x.shape[1]))
+        for i in (1, 2):
+            if ns0 >= i:
+                lead[2 - i] = hist[s, (ns0 - i) % 3]
+        ext = np.concatenate([lead, x])  # ext[i + 2] = x[i]
+        prev = ext[1 : m + 1]
+        prev2 = ext[0:m]
+        seen = ns0 + np.arange(m)  # valid rows seen before each row
+        for p, kind in enumerate(kinds):
+            if kind == EMA:
+                b = betas[p]
+                e = ema[s, p].copy()
+                preds = np.empty_like(x)
+                for i in range(m):
+                    preds[i] = e
+                    e = b * e + (1.0 - b) * x[i]
+                ema[s, p] = e
+            elif kind == ZERO:
+                preds = np.zeros_like(x)
+            elif kind == LAST:
+                preds = np.where((seen > 0)[:, None], prev, 0.0)
+            else:  # TREND
+                preds = np.where((seen >= 2)[:, None], 2.0 * prev - prev2, 0.0)
+                preds = np.where((seen == 1)[:, None], prev, preds)
+            err = (x - preds) ** 2 * cnt[:, None]
+            acc[s, p] += err.sum(axis=0)
+        bcount[s] += int(cnt.sum())
+        has_prev = cnt & (seen > 0)
+        inc = (x - prev)[has_prev]
+        c = int(hcount[s])
+        hbuf[s, c : c + inc.shape[0]] = inc
+        hcount[s] = c + inc.shape[0]
+        # Carry the ring: the last up-to-three rows land at their slots.
+        for i in range(max(0, m - 3), m):
+            hist[s, (ns0 + i) % 3] = x[i]
+        nseen[s] = ns0 + m

@@ -1,0 +1,1 @@
+"""Results as plain data (model) and their renderings: rich tables (console), the versioned JSON (json)."""
