@@ -12,14 +12,28 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gradmanifold.errors import CorruptStoreError, SchemaVersionError
+from gradmanifold.errors import CorruptStoreError, NotAStoreError, SchemaVersionError, StoreNotFoundError
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA = "gradmanifold.store"
 SCHEMA_VERSION = 1
 CHECKSUM_ALGORITHM = "crc32c"
 OPTIONAL_ROWS = ("loss", "lr")
-SEGMENT_STATUSES = ("open", "closed", "failed", "interrupted")
+#: how a writer segment ended: still "open" (or killed: the next writer marks it "interrupted"), "closed",
+#: "failed" (the program raised), or "repaired" (a `gradmanifold repair` that dropped rows)
+
+
+class StorePermissionError(StoreNotFoundError, PermissionError):
+    """The store (or its manifest) cannot be read with this user's permissions (exit code 2)."""
+
+
+SEGMENT_STATUSES = ("open", "closed", "failed", "interrupted", "repaired")
+BASE_ARRAYS = ("proj", "sqnorm", "step", "flags")
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+MAX_ROWS = 1 << 48
+MAX_CHUNK_ROWS = 1 << 30
+MAX_GROUPS = 1 << 16
+MAX_TEXT = 4096
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,34 @@ class Segment:
     def with_(self, **changes: Any) -> Segment:
         return replace(self, **changes)
 
+    @classmethod
+    def from_dict(cls, s: Any, where: str) -> Segment:
+        """Parse one segment; wrong types or values raise CorruptStoreError."""
+        if not isinstance(s, dict):
+            raise CorruptStoreError(f"{where} must be an object, found {_kind(s)}")
+        status = s.get("status", "open")
+        if status not in SEGMENT_STATUSES:
+            raise CorruptStoreError(
+                f"{where}: 'status' is {_short(status)}, expected one of {list(SEGMENT_STATUSES)}"
+            )
+        seg = cls(
+            host=_str(s, "host", where),
+            pid=_int(s, "pid", where, lo=0, hi=INT64_MAX),
+            started=_str(s, "started", where),
+            status=status,
+            ended=_opt_str(s, "ended", where),
+            first_row=_int(s, "first_row", where, lo=0, hi=MAX_ROWS, default=0),
+            rows=_int(s, "rows", where, lo=0, hi=INT64_MAX, default=0),
+            first_step=_opt_int(s, "first_step", where, lo=INT64_MIN, hi=INT64_MAX),
+            last_step=_opt_int(s, "last_step", where, lo=INT64_MIN, hi=INT64_MAX),
+            rewinds=_int(s, "rewinds", where, lo=0, hi=INT64_MAX, default=0),
+            nonfinite=_int(s, "nonfinite", where, lo=0, hi=INT64_MAX, default=0),
+            skipped=_int(s, "skipped", where, lo=0, hi=INT64_MAX, default=0),
+        )
+        for text in (seg.host, seg.started, seg.ended or ""):
+            _check_text(text, where)
+        return seg
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "host": self.host,
@@ -72,7 +114,7 @@ class Segment:
 
 @dataclass(frozen=True)
 class Manifest:
-    """Everything a reader needs: schema, projection spec and fingerprint, groups, committed rows, checksums."""
+    """What a reader needs: schema, projection spec and fingerprint, groups, committed rows, checksums."""
 
     projection: dict[str, Any]
     fingerprint: str
@@ -86,6 +128,11 @@ class Manifest:
     created: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # Incremented whenever committed rows are replaced (a rewind over committed rows, a repair); rows
+    # before `replaced_from` (the first row the latest increment replaced) kept their bytes. A reader
+    # holding an older manifest uses this to tell "the writer moved on" from "the data is damaged".
+    generation: int = 0
+    replaced_from: int = 0
 
     @property
     def k(self) -> int:
@@ -115,109 +162,225 @@ class Manifest:
             "checksum_algorithm": CHECKSUM_ALGORITHM,
             "checksums": {name: list(v) for name, v in sorted(self.checksums.items())},
             "segments": [s.to_dict() for s in self.segments],
+            "generation": self.generation,
+            "replaced_from": self.replaced_from,
         }
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "manifest") -> Manifest:
-        """Parse and validate; any malformation raises CorruptStoreError naming the field."""
+        """Parse and validate; any malformation raises CorruptStoreError naming the field.
+
+        Every field is checked for type and range, so a damaged manifest never reaches the reader as a
+        TypeError or a giant allocation. Unknown keys are ignored (a newer writer of the same schema version
+        may add optional fields).
+        """
         if not isinstance(d, dict):
-            raise CorruptStoreError(f"{where}: expected a JSON object, found {type(d).__name__}")
+            raise CorruptStoreError(f"{where}: expected a JSON object, found {_kind(d)}")
         if d.get("schema") != SCHEMA:
-            raise CorruptStoreError(f"{where}: 'schema' is {d.get('schema')!r}, expected {SCHEMA!r}")
-        version = _int(d, "schema_version", where, lo=1)
+            raise CorruptStoreError(f"{where}: 'schema' is {_short(d.get('schema'))}, expected {SCHEMA!r}")
+        version = _int(d, "schema_version", where, lo=1, hi=1 << 31)
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{where}: store schema version {version} is newer than this gradmanifold reads "
                 f"({SCHEMA_VERSION}); upgrade gradmanifold"
             )
-        proj = d.get("projection")
+        proj = d.get("projection", _MISSING)
         if not isinstance(proj, dict):
-            raise CorruptStoreError(f"{where}: 'projection' must be an object")
+            raise CorruptStoreError(f"{where}: 'projection' must be an object, found {_kind(proj)}")
         k = _int(proj, "k", f"{where}: projection", lo=1, hi=1 << 20)
-        _int(proj, "seed", f"{where}: projection", lo=0, hi=(1 << 64) - 1)
-        if proj.get("kind") not in ("sparse", "gaussian"):
-            raise CorruptStoreError(f"{where}: projection 'kind' is {proj.get('kind')!r}")
-        _int(proj, "s", f"{where}: projection", lo=1, hi=k)
-        groups_raw = d.get("groups")
+        seed = _int(proj, "seed", f"{where}: projection", lo=0, hi=(1 << 64) - 1)
+        kind = proj.get("kind")
+        if kind not in ("sparse", "gaussian"):
+            raise CorruptStoreError(
+                f"{where}: projection 'kind' is {_short(kind)}, expected 'sparse' or 'gaussian'"
+            )
+        s = _int(proj, "s", f"{where}: projection", lo=1, hi=k)
+        fingerprint = _str(d, "fingerprint", where)
+        groups_raw = d.get("groups", _MISSING)
         if not isinstance(groups_raw, list) or not groups_raw:
-            raise CorruptStoreError(f"{where}: 'groups' must be a non-empty list")
+            raise CorruptStoreError(f"{where}: 'groups' must be a non-empty list, found {_kind(groups_raw)}")
+        if len(groups_raw) > MAX_GROUPS:
+            raise CorruptStoreError(
+                f"{where}: 'groups' lists {len(groups_raw)} groups (at most {MAX_GROUPS})"
+            )
         groups = []
         for i, g in enumerate(groups_raw):
-            if not isinstance(g, dict) or not isinstance(g.get("name"), str):
-                raise CorruptStoreError(f"{where}: groups[{i}] must be an object with a string 'name'")
-            groups.append(GroupInfo(g["name"], _int(g, "size", f"{where}: groups[{i}]", lo=0)))
+            gw = f"{where}: groups[{i}]"
+            if not isinstance(g, dict):
+                raise CorruptStoreError(f"{gw} must be an object, found {_kind(g)}")
+            name = _str(g, "name", gw)
+            if not name:
+                raise CorruptStoreError(f"{gw}: 'name' is empty")
+            groups.append(GroupInfo(name, _int(g, "size", gw, lo=0, hi=INT64_MAX)))
         if len({g.name for g in groups}) != len(groups):
             raise CorruptStoreError(f"{where}: group names are not unique")
-        chunk_rows = _int(d, "chunk_rows", where, lo=1, hi=1 << 30)
-        n_rows = _int(d, "n_rows", where, lo=0, hi=1 << 48)
-        last_step = d.get("last_step")
-        if last_step is not None and (not isinstance(last_step, int) or isinstance(last_step, bool)):
-            raise CorruptStoreError(f"{where}: 'last_step' must be an integer or null")
+        chunk_rows = _int(d, "chunk_rows", where, lo=1, hi=MAX_CHUNK_ROWS)
+        n_rows = _int(d, "n_rows", where, lo=0, hi=MAX_ROWS)
+        last_step = _opt_int(d, "last_step", where, lo=INT64_MIN, hi=INT64_MAX)
+        if (last_step is None) != (n_rows == 0):
+            raise CorruptStoreError(
+                f"{where}: 'last_step' is {last_step} but 'n_rows' is {n_rows} "
+                "(a store with rows has a last step, an empty one has none)"
+            )
         optional = d.get("optional", [])
-        if not isinstance(optional, list) or any(o not in OPTIONAL_ROWS for o in optional):
-            raise CorruptStoreError(f"{where}: 'optional' must list some of {OPTIONAL_ROWS}")
+        if (
+            not isinstance(optional, list)
+            or any(not isinstance(o, str) or o not in OPTIONAL_ROWS for o in optional)
+            or len(set(optional)) != len(optional)
+        ):
+            raise CorruptStoreError(f"{where}: 'optional' must list some of {list(OPTIONAL_ROWS)}, once each")
         n_chunks = -(-n_rows // chunk_rows)
-        if d.get("checksum_algorithm", CHECKSUM_ALGORITHM) != CHECKSUM_ALGORITHM:
-            raise CorruptStoreError(f"{where}: unknown checksum algorithm {d.get('checksum_algorithm')!r}")
-        sums_raw = d.get("checksums")
+        algorithm = d.get("checksum_algorithm", CHECKSUM_ALGORITHM)
+        if algorithm != CHECKSUM_ALGORITHM:
+            raise CorruptStoreError(f"{where}: unknown checksum algorithm {_short(algorithm)}")
+        sums_raw = d.get("checksums", _MISSING)
         if not isinstance(sums_raw, dict):
-            raise CorruptStoreError(f"{where}: 'checksums' must be an object")
+            raise CorruptStoreError(f"{where}: 'checksums' must be an object, found {_kind(sums_raw)}")
         checksums: dict[str, tuple[str, ...]] = {}
-        for name in ("proj", "sqnorm", "step", "flags", *optional):
+        for name in (*BASE_ARRAYS, *optional):
             v = sums_raw.get(name)
-            if not isinstance(v, list) or len(v) != n_chunks or not all(isinstance(s, str) for s in v):
+            if (
+                not isinstance(v, list)
+                or len(v) != n_chunks
+                or not all(isinstance(c, str) and _is_crc(c) for c in v)
+            ):
                 raise CorruptStoreError(
-                    f"{where}: checksums[{name!r}] must list {n_chunks} strings (one per committed chunk)"
+                    f"{where}: checksums[{name!r}] must list {n_chunks} checksums of 8 hex digits "
+                    "(one per committed chunk)"
                 )
             checksums[name] = tuple(v)
         segs_raw = d.get("segments", [])
         if not isinstance(segs_raw, list):
-            raise CorruptStoreError(f"{where}: 'segments' must be a list")
-        segments = []
-        for i, s in enumerate(segs_raw):
-            try:
-                seg = Segment(**s)
-            except TypeError as exc:
-                raise CorruptStoreError(f"{where}: segments[{i}] is malformed ({exc})") from None
-            segments.append(seg)
+            raise CorruptStoreError(f"{where}: 'segments' must be a list, found {_kind(segs_raw)}")
+        segments = tuple(Segment.from_dict(s, f"{where}: segments[{i}]") for i, s in enumerate(segs_raw))
         versions = d.get("versions", {})
-        if not isinstance(versions, dict):
-            raise CorruptStoreError(f"{where}: 'versions' must be an object")
+        if not isinstance(versions, dict) or not all(isinstance(v, str) for v in versions.values()):
+            raise CorruptStoreError(f"{where}: 'versions' must be an object of strings")
+        generation = _int(d, "generation", where, lo=0, hi=INT64_MAX, default=0)
+        replaced_from = _int(d, "replaced_from", where, lo=0, hi=MAX_ROWS, default=0)
+        created = _str(d, "created", where, default="")
+        k_top = d.get("k", k)
+        if not isinstance(k_top, int) or isinstance(k_top, bool) or k_top != k:
+            raise CorruptStoreError(f"{where}: 'k' is {_short(k_top)} but the projection's k is {k}")
+        for text in (fingerprint, created, *(g.name for g in groups)):
+            _check_text(text, where)
         return cls(
-            projection={"k": k, "seed": proj["seed"], "kind": proj["kind"], "s": proj["s"]},
-            fingerprint=str(d.get("fingerprint", "")),
+            projection={"k": k, "seed": seed, "kind": kind, "s": s},
+            fingerprint=fingerprint,
             groups=tuple(groups),
             chunk_rows=chunk_rows,
             optional=tuple(optional),
             n_rows=n_rows,
             last_step=last_step,
             checksums=checksums,
-            segments=tuple(segments),
-            created=str(d.get("created", "")),
+            segments=segments,
+            created=created,
             versions={str(a): str(b) for a, b in versions.items()},
             schema_version=version,
+            generation=generation,
+            replaced_from=replaced_from,
         )
 
 
-def _int(d: dict[str, Any], key: str, where: str, lo: int | None = None, hi: int | None = None) -> int:
-    v = d.get(key)
+_MISSING = object()
+
+
+def _kind(v: Any) -> str:
+    """A JSON type name for messages."""
+    if v is _MISSING or v is None:
+        return "null" if v is None else "nothing (the key is missing)"
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }.get(type(v), type(v).__name__)
+
+
+def _short(v: Any) -> str:
+    """repr of a value from the file, cut to one short line (a damaged field may hold megabytes)."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int(
+    d: dict[str, Any],
+    key: str,
+    where: str,
+    lo: int | None = None,
+    hi: int | None = None,
+    default: Any = _MISSING,
+) -> int:
+    v = d.get(key, default)
+    if v is _MISSING:
+        raise CorruptStoreError(f"{where}: {key!r} is missing")
     if not isinstance(v, int) or isinstance(v, bool):
-        raise CorruptStoreError(f"{where}: {key!r} must be an integer, found {type(v).__name__}")
+        raise CorruptStoreError(f"{where}: {key!r} must be an integer, found {_kind(v)}")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise CorruptStoreError(f"{where}: {key!r} = {v} is out of range")
+        raise CorruptStoreError(f"{where}: {key!r} = {_short(v)} is out of range [{lo}, {hi}]")
     return v
+
+
+def _opt_int(d: dict[str, Any], key: str, where: str, lo: int, hi: int) -> int | None:
+    if d.get(key) is None:
+        return None
+    return _int(d, key, where, lo=lo, hi=hi)
+
+
+def _str(d: dict[str, Any], key: str, where: str, default: Any = _MISSING) -> str:
+    v = d.get(key, default)
+    if v is _MISSING:
+        raise CorruptStoreError(f"{where}: {key!r} is missing")
+    if not isinstance(v, str):
+        raise CorruptStoreError(f"{where}: {key!r} must be a string, found {_kind(v)}")
+    if len(v) > MAX_TEXT:
+        raise CorruptStoreError(f"{where}: {key!r} is {len(v)} characters long (at most {MAX_TEXT})")
+    return v
+
+
+def _opt_str(d: dict[str, Any], key: str, where: str) -> str | None:
+    return None if d.get(key) is None else _str(d, key, where)
+
+
+def _check_text(text: str, where: str) -> None:
+    """Refuse text that cannot be printed (lone surrogates from a damaged file) or spans lines."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CorruptStoreError(f"{where}: a text field holds invalid unicode") from None
+    if any(c in text for c in "\n\r\x00"):
+        raise CorruptStoreError(f"{where}: a text field holds a line break or NUL")
+
+
+def _is_crc(text: str) -> bool:
+    return len(text) == 8 and all(c in "0123456789abcdef" for c in text)
 
 
 def read_manifest(root: Path) -> Manifest:
     """Load and validate root/manifest.json."""
     path = root / MANIFEST_NAME
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NotAStoreError(
+            f"{root} is not a gradmanifold store (no {MANIFEST_NAME}); "
+            "point at a folder written by gradmanifold record or Recorder"
+        ) from None
+    except PermissionError as exc:
+        raise StorePermissionError(
+            f"{path}: cannot read the manifest ({exc.strerror}); check its permissions"
+        ) from None
+    except OSError as exc:
+        raise CorruptStoreError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise CorruptStoreError(f"{path}: manifest is not UTF-8 text") from None
     try:
         raw = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or an integer with too many digits
         raise CorruptStoreError(f"{path}: manifest is not valid JSON ({exc.__class__.__name__})") from None
     return Manifest.from_dict(raw, where=str(path))
 
