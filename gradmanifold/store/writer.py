@@ -1,14 +1,20 @@
 """StoreWriter: append rows, buffer them into whole chunks, commit by publishing the manifest.
 
-Crash safety: chunk data is written first (zarr writes each chunk file to a temp name and renames it), fsynced,
-and only then the manifest names the new rows. A killed writer leaves every committed row readable.
+Crash safety: chunk data is written first (zarr writes each chunk file to a temp name and renames it),
+fsynced, and only then the manifest names the new rows. A killed writer leaves every committed row readable.
 A rewind (a step at or below the last committed step) is applied at the next commit, so until then the store
-keeps its old rows.
+keeps its old rows; that commit first publishes the store cut back to the rewind point (a new generation),
+then overwrites the replaced rows, then publishes them: no published manifest names bytes being rewritten.
+Format and protocol: docs/FORMAT.md; guarantees and the tests behind them: docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import os
+import shutil
 import socket
 import sys
 import warnings
@@ -22,15 +28,16 @@ import zarr
 
 from gradmanifold._version import __version__
 from gradmanifold.errors import (
+    CorruptStoreError,
     InputError,
     NotAStoreError,
     SpecMismatchError,
-    StepOrderError,
     StoreExistsError,
     StoreNotFoundError,
     StoreWriteError,
 )
 from gradmanifold.projection import ProjectionSpec, fingerprint
+from gradmanifold.store.chunk import FLAG_NONFINITE
 from gradmanifold.store.layout import (
     ARRAY_BY_NAME,
     array_shape,
@@ -45,6 +52,7 @@ from gradmanifold.store.layout import (
 from gradmanifold.store.lock import WriterLock
 from gradmanifold.store.manifest import (
     MANIFEST_NAME,
+    MAX_CHUNK_ROWS,
     OPTIONAL_ROWS,
     GroupInfo,
     Manifest,
@@ -62,15 +70,31 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _size(n: int) -> str:
+    """Bytes for messages: exact, with a readable unit beside."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n} bytes, {n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The folders from `path` up that do not exist yet, deepest first."""
+    out = []
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"gradmanifold": __version__, "python": sys.version.split()[0]}
     for dist in ("numpy", "zarr", "numba", "torch"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -117,29 +141,60 @@ class StoreWriter:
                 raise NotAStoreError(
                     f"{self.root} exists and is not a gradmanifold store; choose a new or empty folder"
                 )
+        # Folders this writer creates; removed again when opening fails, so a failed open leaves no trace.
+        self._made = _missing_parents(self.root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreWriteError(f"cannot create {self.root}: {exc.strerror or exc}") from None
+            self._undo_create(created=False)
+            raise StoreWriteError(
+                f"cannot create {self.root}: {exc.strerror or exc}; choose a writable location"
+            ) from None
         try:
             self._lock = WriterLock(self.root, break_stale=break_lock)
-        except PermissionError as exc:
-            raise StoreWriteError(f"cannot lock {self.root}: {exc.strerror or exc}") from None
+        except OSError as exc:
+            self._undo_create(created=False)
+            raise StoreWriteError(
+                f"cannot lock {self.root}: {exc.strerror or exc} ({exc.filename or self.root}); "
+                "a store is written in place, so its folder must be writable"
+            ) from None
+        except BaseException:
+            self._undo_create(created=False)
+            raise
         try:
-            if exists:
-                self._manifest = self._reopen(spec, group_infos)
-            else:
-                self._manifest = self._create(spec, group_infos, tuple(optional), chunk_rows)
+            self._open(spec, group_infos, exists, tuple(optional), chunk_rows)
         except BaseException:
             self._lock.release()
+            self._undo_create(created=not exists)
             raise
+
+    def _open(
+        self,
+        spec: ProjectionSpec,
+        group_infos: tuple[GroupInfo, ...],
+        exists: bool,
+        optional: tuple[str, ...],
+        chunk_rows: int | None,
+    ) -> None:
+        if exists:
+            self._manifest = self._reopen(spec, group_infos)
+        else:
+            self._manifest = self._create(spec, group_infos, optional, chunk_rows)
         m = self._manifest
         self.spec = spec
         self.n_groups = len(m.groups)
         self.k = m.k
         self.chunk_rows = m.chunk_rows
         self.optional = m.optional
-        self._arrays = open_arrays(self.root, (*BASE_ARRAYS, *m.optional), writable=True)
+        try:
+            self._arrays = open_arrays(self.root, (*BASE_ARRAYS, *m.optional), writable=True)
+        except OSError as exc:
+            raise StoreWriteError(f"cannot open the arrays of {self.root}: {exc.strerror or exc}") from None
+        except Exception as exc:
+            raise CorruptStoreError(
+                f"{self.root}: the zarr arrays cannot be opened ({type(exc).__name__}: {exc}); "
+                "run `gradmanifold verify` on the store"
+            ) from None
         self._steps = self._load_steps(m.n_rows)
         # Buffer of rows from row `_base` on: the committed prefix of the base chunk, then new rows.
         self._base = 0
@@ -147,19 +202,37 @@ class StoreWriter:
         self._load_tail(m.n_rows)
         self._dirty = False
         self._closed = False
+        # Lowest committed row a rewind replaced since the last commit (None: no committed row replaced).
+        self._replace_from: int | None = None
         self._segment = Segment(
             host=socket.gethostname(), pid=os.getpid(), started=_now(), first_row=m.n_rows
         )
         self._segment_index = len(m.segments)
         self._commit_manifest()
 
+    def _undo_create(self, created: bool) -> None:
+        """After a failed open: remove what this writer created (a new store's files, new folders)."""
+        if created and self.root.is_dir():
+            for child in list(self.root.iterdir()):
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        for d in self._made:  # deepest first; only folders that are empty again
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
     # ---------------------------------------------------------------- open / create
     def _create(
-        self, spec: ProjectionSpec, groups: tuple[GroupInfo, ...], optional: tuple[str, ...], chunk_rows: int | None
+        self,
+        spec: ProjectionSpec,
+        groups: tuple[GroupInfo, ...],
+        optional: tuple[str, ...],
+        chunk_rows: int | None,
     ) -> Manifest:
-        rows = chunk_rows or default_chunk_rows(len(groups), spec.k)
-        if rows < 1:
-            raise InputError(f"chunk_rows must be >= 1, not {rows}")
+        rows = default_chunk_rows(len(groups), spec.k) if chunk_rows is None else int(chunk_rows)
+        if not 1 <= rows <= MAX_CHUNK_ROWS:
+            raise InputError(f"chunk_rows must be between 1 and {MAX_CHUNK_ROWS}, not {rows}")
         remove_partials(self.root)
         try:
             create_arrays(
@@ -217,13 +290,47 @@ class StoreWriter:
         removed = remove_partials(self.root)
         segments = tuple(s.with_(status="interrupted") if s.status == "open" else s for s in m.segments)
         if removed:
-            warnings.warn(f"{self.root}: removed {removed} temp files left by an interrupted writer", stacklevel=3)
+            warnings.warn(
+                f"{self.root}: removed {removed} temp files left by an interrupted writer", stacklevel=3
+            )
         return m.with_(segments=segments)
 
+    def _committed_chunk(self, index: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The committed rows of chunk `index`, checked against the manifest: a writer never re-commits rows
+        it has not verified (it would give damaged bytes a fresh, valid checksum)."""
+        m, c = self._manifest, self.chunk_rows
+        lo, hi = index * c, min((index + 1) * c, m.n_rows)
+        out: dict[str, np.ndarray] = {}
+        for name in names:
+            data: np.ndarray | None = None
+            try:
+                data = np.asarray(self._arrays[name][lo:hi])
+            except OSError as exc:
+                raise StoreWriteError(
+                    f"{self.root}: cannot read chunk {index} of {name!r}: {exc.strerror or exc}"
+                ) from None
+            except Exception as exc:
+                why = f"unreadable ({type(exc).__name__})"
+            else:
+                why = "" if checksum(data) == m.checksums[name][index] else "checksum mismatch"
+            if why or data is None:
+                raise CorruptStoreError(
+                    f"{self.root}: chunk {index} of {name!r} (rows {lo}..{hi - 1}) is {why}, so the writer "
+                    "cannot append after it; run `gradmanifold verify` to list the damage and "
+                    "`gradmanifold repair` to drop the damaged tail"
+                )
+            out[name] = data
+        return out
+
     def _load_steps(self, n_rows: int) -> np.ndarray:
-        if n_rows == 0:
-            return np.zeros(0, np.int64)
-        return np.asarray(self._arrays["step"][:n_rows], dtype=np.int64)
+        parts = [self._committed_chunk(i, ("step",))["step"] for i in range(self._manifest.n_chunks)]
+        steps = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        if n_rows and (int(steps[-1]) != self._manifest.last_step or np.any(np.diff(steps) <= 0)):
+            raise CorruptStoreError(
+                f"{self.root}: the committed steps are not strictly increasing up to last_step "
+                f"{self._manifest.last_step}; run `gradmanifold verify`"
+            )
+        return steps
 
     def _load_tail(self, row: int) -> None:
         """Make `row` the end of the buffer: load the committed prefix of its chunk into the buffer."""
@@ -231,8 +338,9 @@ class StoreWriter:
         self._base = base
         self._buf = {name: [] for name in self._arrays}
         if row > base:
-            for name, arr in self._arrays.items():
-                self._buf[name] = list(np.asarray(arr[base:row]))
+            data = self._committed_chunk(base // self.chunk_rows, tuple(self._arrays))
+            for name in self._arrays:
+                self._buf[name] = list(data[name][: row - base])
 
     # ---------------------------------------------------------------- public API
     @property
@@ -278,17 +386,25 @@ class StoreWriter:
         sqnorm = np.asarray(sqnorm, dtype=np.float64).reshape(-1)
         if sqnorm.shape != (g,):
             raise InputError(f"sqnorm must have {g} entries (one per group), got {sqnorm.shape[0]}")
-        fl = np.zeros(g, np.uint8) if flags is None else np.asarray(flags, np.uint8).reshape(g)
+        fl = np.zeros(g, np.uint8) if flags is None else np.asarray(flags, np.uint8).reshape(g).copy()
+        # The store never holds a non-finite projection: a row that is (or overflows float32 to) NaN/Inf is
+        # flagged non-finite and stored as zeros, whoever the caller is.
+        with np.errstate(over="ignore", invalid="ignore"):
+            p32 = proj.astype(np.float32)
+        bad = ~np.isfinite(p32).all(axis=1) | ~np.isfinite(sqnorm)
+        if bad.any():
+            p32 = np.where(bad[:, None], np.float32(0), p32)
+            fl = fl | np.where(bad, FLAG_NONFINITE, np.uint8(0)).astype(np.uint8)
         last = self.last_step
         if last is not None and step <= last:
             self._rewind(step)
-        row = {
-            "proj": proj.astype(np.float32, copy=False),
+        row: dict[str, np.ndarray] = {
+            "proj": p32,
             "sqnorm": sqnorm,
-            "step": np.int64(step),
+            "step": np.asarray(step, np.int64),
             "flags": fl,
-            "loss": np.float64(np.nan if loss is None else loss),
-            "lr": np.float64(np.nan if lr is None else lr),
+            "loss": np.asarray(np.nan if loss is None else loss, np.float64),
+            "lr": np.asarray(np.nan if lr is None else lr, np.float64),
         }
         for name, rows in self._buf.items():
             rows.append(row[name])
@@ -312,9 +428,13 @@ class StoreWriter:
         self._check_open()
         if not self._dirty:
             return
-        self._write_buffer()
-        self._commit_manifest()
+        if self._replace_from is not None and self._replace_from < self._manifest.n_rows:
+            # A rewind replaces committed rows: first commit the store truncated to the rewind point, so
+            # that no published manifest ever names rows whose bytes are being overwritten.
+            self._commit_truncated(self._replace_from)
+        self._commit_manifest(self._write_buffer())
         self._dirty = False
+        self._replace_from = None
         # Keep only the committed prefix of the last (partial) chunk in the buffer.
         n = self._manifest.n_rows
         base = (n // self.chunk_rows) * self.chunk_rows
@@ -333,6 +453,12 @@ class StoreWriter:
                 self.flush()
             self._segment = self._segment.with_(status=status, ended=_now())
             self._commit_manifest()
+        except BaseException:
+            # Say in the manifest that this writer failed, if the disk still takes a small write.
+            self._segment = self._segment.with_(status="failed", ended=_now())
+            with contextlib.suppress(Exception):
+                self._commit_manifest()
+            raise
         finally:
             self._closed = True
             self._lock.release()
@@ -367,31 +493,61 @@ class StoreWriter:
         self._segment = self._segment.with_(
             rewinds=self._segment.rewinds + 1, first_row=min(self._segment.first_row, keep)
         )
+        if keep < self._manifest.n_rows:
+            self._replace_from = keep if self._replace_from is None else min(self._replace_from, keep)
         self._dirty = True
 
-    def _write_buffer(self) -> None:
+    def _commit_truncated(self, keep: int) -> None:
+        """Publish the store cut back to its first `keep` rows (a new generation) before rows are replaced."""
+        m, c = self._manifest, self.chunk_rows
+        n_full, rem = divmod(keep, c)
+        sums = {name: tuple(v[:n_full]) for name, v in m.checksums.items()}
+        if rem:
+            # The cut chunk's kept rows are in the buffer (the buffer starts at a chunk boundary <= keep).
+            a = n_full * c - self._base
+            for name, rows in self._buf.items():
+                sums[name] = (*sums[name], checksum(np.stack(rows[a : a + rem])))
+        self._commit_manifest(
+            m.with_(
+                n_rows=keep,
+                last_step=int(self._steps[keep - 1]) if keep else None,
+                checksums=sums,
+                generation=m.generation + 1,
+                replaced_from=keep,
+            )
+        )
+
+    def _write_buffer(self) -> Manifest:
+        """Write the buffer's chunks (data only); returns the manifest that commits them."""
         n_buf = len(self._buf["step"])
         lo, hi = self._base, self._base + n_buf
         g, k, c = self.n_groups, self.k, self.chunk_rows
         capacity = -(-hi // c) * c
-        data = {name: np.stack(rows) if rows else None for name, rows in self._buf.items()}
+        data: dict[str, np.ndarray | None] = {
+            name: np.stack(rows) if rows else None for name, rows in self._buf.items()
+        }
         touched: list[Path] = []
+        n_chunks = -(-hi // c) - lo // c
+        need = n_chunks * sum(
+            c
+            * np.dtype(ARRAY_BY_NAME[name].dtype).itemsize
+            * (g * k if name == "proj" else g if ARRAY_BY_NAME[name].per_group else 1)
+            for name in self._arrays
+        )
         try:
             with zarr.config.set({"array.write_empty_chunks": True}):
                 for name, arr in self._arrays.items():
                     if arr.shape[0] < capacity:
                         arr.resize(array_shape(name, capacity, g, k))
-                    if n_buf:
-                        arr[lo:hi] = data[name]
+                    block = data[name]
+                    if block is not None:
+                        arr[lo:hi] = block
                     touched += [chunk_file(self.root, name, i) for i in range(lo // c, -(-hi // c))]
             if self._fsync:
                 fsync_files(touched)
         except OSError as exc:
-            raise StoreWriteError(
-                f"writing rows {lo}..{hi - 1} to {self.root} failed: {exc.strerror or exc} "
-                f"(about {sum(d.nbytes for d in data.values() if d is not None)} bytes); "
-                "the store keeps every row committed before"
-            ) from None
+            what = f"writing rows {lo}..{hi - 1} ({n_chunks} chunk(s) per array)"
+            raise self._write_error(exc, what, need) from None
         sums = dict(self._manifest.checksums)
         first_chunk = lo // c
         for name in self._arrays:
@@ -403,26 +559,47 @@ class StoreWriter:
                 kept.append(checksum(d[a:b]))
             sums[name] = tuple(kept)
         steps = data["step"]
-        self._steps = np.concatenate([self._steps[:lo], steps if steps is not None else np.zeros(0, np.int64)])
-        self._manifest = self._manifest.with_(
-            n_rows=hi, last_step=int(self._steps[-1]) if hi else None, checksums=sums
+        new_steps = np.zeros(0, np.int64) if steps is None else steps.astype(np.int64)
+        self._steps = np.concatenate([self._steps[:lo], new_steps])
+        last = int(self._steps[-1]) if hi else None
+        return self._manifest.with_(n_rows=hi, last_step=last, checksums=sums)
+
+    def _write_error(self, exc: OSError, what: str, need: int) -> StoreWriteError:
+        """What happened (file, bytes), why (the OS error), what is safe, and how to go on."""
+        m = self._manifest
+        where = f" at {exc.filename}" if exc.filename else ""
+        kept = f"{m.n_rows} rows up to step {m.last_step}" if m.n_rows else "no rows yet"
+        hint = {
+            errno.ENOSPC: "free space on that disk",
+            errno.EDQUOT: "free space within your disk quota",
+            errno.EFBIG: "raise the file size limit (ulimit -f)",
+            errno.EROFS: "record to a writable location",
+            errno.EACCES: "make the store writable",
+            errno.EPERM: "make the store writable",
+        }.get(exc.errno or 0, "fix the cause")
+        return StoreWriteError(
+            f"{what} to {self.root} failed{where}: {exc.strerror or exc} (needs about {_size(need)}); "
+            f"the store keeps every committed row ({kept}); {hint}, then flush again or resume the run "
+            "(rows not yet committed are lost if the program stops now)"
         )
 
-    def _commit_manifest(self) -> None:
-        m = self._manifest
+    def _commit_manifest(self, new: Manifest | None = None) -> None:
+        """Publish `new` (default: the current manifest) with this writer's segment; on success it is current.
+
+        On failure the manifest published before stays current (on disk and here), so a later flush retries.
+        """
+        m = self._manifest if new is None else new
         segs = list(m.segments)
         if self._segment_index < len(segs):
             segs[self._segment_index] = self._segment
         else:
             segs.append(self._segment)
-        self._manifest = m.with_(segments=tuple(segs))
+        m = m.with_(segments=tuple(segs))
         try:
-            publish_manifest(self.root, self._manifest, fsync=self._fsync)
+            publish_manifest(self.root, m, fsync=self._fsync)
         except OSError as exc:
-            raise StoreWriteError(
-                f"publishing the manifest of {self.root} failed: {exc.strerror or exc}; "
-                "the previous manifest (and every row it commits) is intact"
-            ) from None
+            raise self._write_error(exc, "publishing the manifest", len(json.dumps(m.to_dict()))) from None
+        self._manifest = m
 
     def __enter__(self) -> StoreWriter:
         return self
