@@ -1,4 +1,4 @@
-"""The store: the only package that imports zarr. Layout, manifest (the commit point), lock, writer, reader."""
+"""The store: the only package that imports zarr. Layout, manifest (commit point), lock, writer, reader."""
 
 from gradmanifold.store.chunk import FLAG_NONFINITE, FLAG_SKIPPED, ArraySource, Chunk, ChunkSource
 from gradmanifold.store.manifest import SCHEMA_VERSION, GroupInfo, Manifest, Segment

@@ -12,9 +12,12 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-# Chunk target: whole rows along T, ~4 MiB of `proj` per chunk. Measured here: 4 KiB chunks read at tens of MB/s,
-# multi-MiB chunks at GB/s. No compression: projected gradients are noise-like and compress ~1.1x, while zstd
-# decodes at ~1.5 GB/s and would bound analysis speed; crc32c checksums (~16 GB/s) guard the data instead.
+from gradmanifold.store.lock import LOCK_NAME
+
+# Chunk target: whole rows along T, ~4 MiB of `proj` per chunk. Measured here: 4 KiB chunks read at tens
+# of MB/s, multi-MiB chunks at GB/s. No compression: projected gradients are noise-like and compress ~1.1x,
+# while zstd decodes at ~1.5 GB/s and would bound analysis speed; crc32c checksums (~16 GB/s) guard the
+# data instead.
 TARGET_CHUNK_BYTES = 4 << 20
 MAX_CHUNK_ROWS = 1 << 16
 
@@ -105,10 +108,15 @@ def fsync_files(paths: list[Path]) -> None:
             os.close(fd)
 
 
+def leftover_temp_files(root: Path) -> list[Path]:
+    """Temp files a killed writer may leave: zarr's and the manifest's '*.partial', set-aside stale locks."""
+    return sorted([*root.rglob("*.partial"), *root.glob(f"{LOCK_NAME}.*.stale")])
+
+
 def remove_partials(root: Path) -> int:
-    """Delete temp files left by a killed writer (zarr's '*.partial' and ours); returns how many."""
+    """Delete temp files left by a killed writer; returns how many."""
     n = 0
-    for p in root.rglob("*.partial"):
+    for p in leftover_temp_files(root):
         p.unlink(missing_ok=True)
         n += 1
     return n
