@@ -26,12 +26,18 @@ def _loop(model_kind: str, record_to: Path | None, k: int = 256) -> tuple[float,
     yt = torch.tensor(y)
     if model_kind == "mlp":
         model = torch.nn.Sequential(
-            torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(),
+            torch.nn.Linear(64, 256),
+            torch.nn.ReLU(),
+            torch.nn.Linear(256, 256),
+            torch.nn.ReLU(),
             torch.nn.Linear(256, 10),
         )
     else:  # a wider MLP: ~2.2M parameters, where projection cost per step is largest relative to compute
         model = torch.nn.Sequential(
-            torch.nn.Linear(64, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 2048), torch.nn.ReLU(),
+            torch.nn.Linear(64, 1024),
+            torch.nn.ReLU(),
+            torch.nn.Linear(1024, 2048),
+            torch.nn.ReLU(),
             torch.nn.Linear(2048, 10),
         )
     n_params = sum(p.numel() for p in model.parameters())

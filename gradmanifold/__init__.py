@@ -1,6 +1,7 @@
 """gradmanifold: record projected training gradients and measure how predictable they are.
 
-Public API: Recorder (training loop), open_store (read a store), analyze (the paper's numbers), ProjectionSpec.
+Public API: Recorder (training loop), open_store (read a store), analyze (the paper's numbers),
+ProjectionSpec.
 Imports are lazy so that `gradmanifold --help` answers at once.
 """
 

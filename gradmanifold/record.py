@@ -1,10 +1,10 @@
 """Recorder: the training-loop API. Projects each step's gradient per group and appends it to a store.
 
-    with Recorder("run.zarr", k=256, seed=0) as rec:
-        for step in range(steps):
-            loss.backward()
-            rec.record(step, model, loss=loss.item(), lr=lr)
-            opt.step()
+with Recorder("run.zarr", k=256, seed=0) as rec:
+    for step in range(steps):
+        loss.backward()
+        rec.record(step, model, loss=loss.item(), lr=lr)
+        opt.step()
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import fnmatch
 import os
+import threading
 import time
 import warnings
 import weakref
@@ -102,7 +103,8 @@ def _build_layout(tensors: list[tuple[str, int]], groups: GroupsArg, max_groups:
         key = {}
         for n, _ in tensors:
             key[n] = next(
-                (g for g, pats in patterns.items() if any(fnmatch.fnmatchcase(n, p) for p in pats)), OTHER_GROUP
+                (g for g, pats in patterns.items() if any(fnmatch.fnmatchcase(n, p) for p in pats)),
+                OTHER_GROUP,
             )
     else:
         raise InputError(f"groups must be None, 'auto', 'single', 'tensor' or a mapping, not {groups!r}")
@@ -170,9 +172,7 @@ class Recorder:
         self.steps_recorded = 0
         self.steps_flagged = 0
         self.steps_skipped = 0
-        ref = weakref.ref(self)
-        self._atexit = lambda: (r := ref()) is not None and r._close_at_exit()
-        atexit.register(self._atexit)
+        self._exit_hook: Any = None
 
     # ---------------------------------------------------------------- public API
     @property
@@ -226,7 +226,8 @@ class Recorder:
         if self._closed:
             return
         self._closed = True
-        atexit.unregister(self._atexit)
+        if self._exit_hook is not None:
+            atexit.unregister(self._exit_hook)
         if self._writer is not None and not self._failed:
             self._guard(lambda: self._writer.close(status=status))
 
@@ -240,9 +241,31 @@ class Recorder:
         try:
             self.close(status="failed")
         except Exception as close_exc:  # keep the user's exception; say what happened to the store
-            warnings.warn(f"gradmanifold: could not commit {self.path} after an error: {close_exc}", stacklevel=2)
+            warnings.warn(
+                f"gradmanifold: could not commit {self.path} after an error: {close_exc}", stacklevel=2
+            )
 
     # ---------------------------------------------------------------- internals
+    def _register_exit_hook(self) -> None:
+        """Commit buffered rows when the interpreter exits without close().
+
+        zarr writes through a thread pool, which refuses work once interpreter shutdown has begun, and
+        threading's exit callbacks run before atexit's. So the hook goes on threading's list when it exists
+        (it runs newest first, so ours runs before the pool shuts down), else on atexit's.
+        """
+        ref = weakref.ref(self)
+
+        def hook() -> None:
+            rec = ref()
+            if rec is not None:
+                rec._close_at_exit()
+
+        self._exit_hook = hook
+        register = getattr(threading, "_register_atexit", None)
+        if register is not None:
+            register(hook)
+        atexit.register(hook)  # a second call finds the recorder closed and does nothing
+
     def _close_at_exit(self) -> None:
         try:
             self.close(status="closed")
@@ -283,6 +306,7 @@ class Recorder:
             break_lock=self._break_lock,
         )
         self._layout = layout
+        self._register_exit_hook()
         self._where = {m.tensor: (gi, m) for gi, (_, ms) in enumerate(layout.groups) for m in ms}
 
     def _project(self, named: list[tuple[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -50,7 +50,9 @@ def test_one_group_per_tensor_matches_independent_recomputation(tmp_path: Path) 
             z, _ = project_with_norm(g, spec, name)
             np.testing.assert_array_equal(got["proj"][step, gi], z.astype(np.float32))
             # exact squared norm, float64 from the raw values
-            assert got["sqnorm"][step, gi] == pytest.approx(float(np.sum(g.astype(np.float64) ** 2)), rel=1e-14)
+            assert got["sqnorm"][step, gi] == pytest.approx(
+                float(np.sum(g.astype(np.float64) ** 2)), rel=1e-14
+            )
     np.testing.assert_array_equal(got["loss"], np.arange(7.0))
 
 
@@ -111,7 +113,7 @@ def test_nonfinite_policies(tmp_path: Path, bad: float) -> None:
 
     with Recorder(tmp_path / "raise.zarr", k=8, nonfinite="raise") as rec:
         rec.record(0, poisoned(0))
-        with pytest.raises(NonFiniteGradientError, match="enc.bias"):
+        with pytest.raises(NonFiniteGradientError, match=r"enc\.bias"):
             rec.record(2, poisoned(2))
     assert list(open_store(tmp_path / "raise.zarr").steps()) == [0]
 
@@ -134,7 +136,7 @@ def test_bad_input_is_refused_and_committed_data_survives(tmp_path: Path) -> Non
         rec.flush()
         g = grads_at(3)
         g["enc.bias"] = np.ones(7, np.float32)
-        with pytest.raises(InputError, match="'enc.bias' has 7 elements, but 6"):
+        with pytest.raises(InputError, match=r"'enc\.bias' has 7 elements, but 6"):
             rec.record(3, g)
         with pytest.raises(InputError, match="not in the recorded layout"):
             rec.record(3, {**grads_at(3), "new.weight": np.ones(2, np.float32)})
@@ -216,7 +218,9 @@ def test_torch_mlp_on_digits(tmp_path: Path) -> None:
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(xt), yt)
             loss.backward()
-            reference.append({n: p.grad.detach().numpy().astype(np.float64).copy() for n, p in model.named_parameters()})
+            reference.append(
+                {n: p.grad.detach().numpy().astype(np.float64).copy() for n, p in model.named_parameters()}
+            )
             rec.record(step, model, loss=loss, lr=0.1)
             losses.append(loss.item())
             opt.step()
@@ -234,3 +238,23 @@ def test_torch_mlp_on_digits(tmp_path: Path) -> None:
             assert got["sqnorm"][step, gi] == pytest.approx(float(np.sum(grads[name] ** 2)), rel=1e-12)
             z, _ = project_with_norm(grads[name].astype(np.float32), spec, name)
             np.testing.assert_allclose(got["proj"][step, gi], z, rtol=1e-6, atol=1e-7)
+
+
+def test_exit_without_close_commits(tmp_path: Path) -> None:
+    """A script that records and exits without close() still leaves every row committed."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np\n"
+        "from gradmanifold import Recorder\n"
+        f"rec = Recorder({str(tmp_path / 'r.zarr')!r}, k=8)\n"
+        "for s in range(5):\n"
+        "    rec.record(s, {'w': np.full(4, s, np.float32)})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "could not commit" not in proc.stderr
+    r = open_store(tmp_path / "r.zarr")
+    assert list(r.steps()) == [0, 1, 2, 3, 4]
+    assert r.manifest.segments[-1].status == "closed"

@@ -34,7 +34,9 @@ SPEC = ProjectionSpec(k=8, seed=3)
 GROUPS = [("a", 100), ("b", 7)]
 
 
-def make_rows(steps: list[int], g: int = 2, k: int = 8, seed: int = 0) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def make_rows(
+    steps: list[int], g: int = 2, k: int = 8, seed: int = 0
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """A deterministic row per step: the same step always gives the same row."""
     out = {}
     for s in steps:
@@ -94,7 +96,9 @@ def test_same_inputs_give_same_store_bits(tmp_path: Path) -> None:
     for name in ("x.zarr", "y.zarr"):
         write(tmp_path / name, steps)
     for sub in ("proj", "sqnorm", "step", "flags", "loss"):
-        fx = sorted(p.relative_to(tmp_path / "x.zarr") for p in (tmp_path / "x.zarr" / sub).rglob("*") if p.is_file())
+        fx = sorted(
+            p.relative_to(tmp_path / "x.zarr") for p in (tmp_path / "x.zarr" / sub).rglob("*") if p.is_file()
+        )
         for rel in fx:
             assert (tmp_path / "x.zarr" / rel).read_bytes() == (tmp_path / "y.zarr" / rel).read_bytes(), rel
     mx = json.loads((tmp_path / "x.zarr/manifest.json").read_text())
@@ -109,8 +113,9 @@ def test_same_inputs_give_same_store_bits(tmp_path: Path) -> None:
     read_rows=st.integers(1, 12),
     flushes=st.lists(st.integers(0, 40), max_size=5),
 )
-def test_chunking_invariance(tmp_path_factory: pytest.TempPathFactory, n: int, chunk_rows: int, read_rows: int,
-                             flushes: list[int]) -> None:
+def test_chunking_invariance(
+    tmp_path_factory: pytest.TempPathFactory, n: int, chunk_rows: int, read_rows: int, flushes: list[int]
+) -> None:
     path = tmp_path_factory.mktemp("c") / "r.zarr"
     steps = list(range(n))
     rows = make_rows(steps)
@@ -191,7 +196,9 @@ def test_lock_blocks_second_writer_and_names_holder(tmp_path: Path) -> None:
 def test_stale_lock_detected_and_broken_explicitly(tmp_path: Path) -> None:
     path = tmp_path / "r.zarr"
     write(path, [0, 1])
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     dead = int(proc.stdout)
     import socket
 
@@ -268,7 +275,7 @@ def test_corrupted_chunk_is_named(tmp_path: Path) -> None:
     r = open_store(path)
     with pytest.raises(CorruptStoreError, match=r"chunk 1 of 'proj' \(rows 4\.\.7"):
         list(r.iter_chunks())
-    assert [str(e) for e in r.verify()][0].count("chunk 1") == 1
+    assert next(str(e) for e in r.verify()).count("chunk 1") == 1
     (path / "sqnorm" / "c" / "2" / "0").unlink()
     assert len(open_store(path).verify()) == 2
 
@@ -313,8 +320,9 @@ def test_sigkill_leaves_every_committed_step(tmp_path: Path, trial: int) -> None
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     start = 0
     for round_ in range(2):  # kill, then resume and kill again
-        proc = subprocess.Popen([sys.executable, str(script), str(path), str(start)], stdout=subprocess.PIPE,
-                                text=True, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(path), str(start)], stdout=subprocess.PIPE, text=True, env=env
+        )
         assert proc.stdout is not None
         seen = []
         target = 5 + 7 * trial + 3 * round_
