@@ -2,7 +2,13 @@
 
 from gradmanifold.store.chunk import FLAG_NONFINITE, FLAG_SKIPPED, ArraySource, Chunk, ChunkSource
 from gradmanifold.store.manifest import SCHEMA_VERSION, GroupInfo, Manifest, Segment
-from gradmanifold.store.reader import StoreReader, open_store
+from gradmanifold.store.reader import (
+    ChunkDamagedError,
+    ExcludedChunk,
+    StoreChangedError,
+    StoreReader,
+    open_store,
+)
 from gradmanifold.store.writer import StoreWriter
 
 __all__ = [
@@ -11,10 +17,13 @@ __all__ = [
     "SCHEMA_VERSION",
     "ArraySource",
     "Chunk",
+    "ChunkDamagedError",
     "ChunkSource",
+    "ExcludedChunk",
     "GroupInfo",
     "Manifest",
     "Segment",
+    "StoreChangedError",
     "StoreReader",
     "StoreWriter",
     "open_store",

@@ -84,7 +84,9 @@ class ArraySource:
         self._proj = proj.astype(np.float32, copy=False)
         self._sqnorm = np.asarray(sqnorm, dtype=np.float64).reshape(t, g)
         self._step = np.arange(t, dtype=np.int64) if step is None else np.asarray(step, dtype=np.int64)
-        self._flags = np.zeros((t, g), np.uint8) if flags is None else np.asarray(flags, np.uint8).reshape(t, g)
+        self._flags = (
+            np.zeros((t, g), np.uint8) if flags is None else np.asarray(flags, np.uint8).reshape(t, g)
+        )
         self._names = tuple(group_names) if group_names is not None else tuple(f"g{i}" for i in range(g))
         self._sizes = tuple(group_sizes) if group_sizes is not None else (0,) * g
         self._chunk_rows = int(chunk_rows)

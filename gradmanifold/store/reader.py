@@ -1,26 +1,92 @@
-"""StoreReader: the committed rows of a store as a stream of chunks, each verified against its checksum."""
+"""StoreReader: the committed rows of a store as a stream of chunks, each verified against its checksum.
+
+A reader sees the commit that was current when it opened the store, and only that. The writer may go on
+appending meanwhile: committed bytes never change under an append, so the reader's rows stay valid. When a
+checksum does not match, the reader re-reads the manifest before calling the chunk corrupt: if the writer
+has since replaced the rows (a rewind of a resumed job, a repair), that is a StoreChangedError, not damage.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gradmanifold.errors import CorruptStoreError, NotAStoreError, StoreNotFoundError
+from gradmanifold.errors import (
+    EXIT_USAGE,
+    CorruptStoreError,
+    GradManifoldError,
+    NotAStoreError,
+    StoreNotFoundError,
+)
 from gradmanifold.projection import ProjectionSpec
 from gradmanifold.store.chunk import FLAG_NONFINITE, FLAG_SKIPPED, Chunk
 from gradmanifold.store.layout import checksum, chunk_file, open_arrays
 from gradmanifold.store.lock import read_holder
-from gradmanifold.store.manifest import MANIFEST_NAME, Manifest, read_manifest
+from gradmanifold.store.manifest import BASE_ARRAYS, MANIFEST_NAME, Manifest, read_manifest
 
-BASE_ARRAYS = ("proj", "sqnorm", "step", "flags")
+# Re-reads of a chunk whose checksum fails, each after re-reading the manifest (seconds to wait before each).
+RETRY_DELAYS = (0.0, 0.05)
+
+
+class StoreChangedError(GradManifoldError, RuntimeError):
+    """The writer replaced rows this reader was reading (a rewind or a repair since it opened the store)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ChunkDamagedError(CorruptStoreError):
+    """One committed chunk of one array fails its check; carries which chunk, rows and steps."""
+
+    def __init__(
+        self,
+        message: str,
+        chunk: int,
+        array: str,
+        rows: tuple[int, int],
+        steps: tuple[int, int] | None,
+        reason: str,
+    ) -> None:
+        super().__init__(message)
+        self.chunk = chunk
+        self.array = array
+        self.rows = rows  # [start, stop)
+        self.steps = steps  # first and last step, None when the step array's chunk is damaged too
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ExcludedChunk:
+    """A storage chunk that iter_chunks(skip_corrupt=True) left out, and why."""
+
+    index: int
+    row_start: int  # first row of the chunk's committed rows
+    row_stop: int  # one past the last
+    first_step: int | None  # None when the step array's chunk is damaged too
+    last_step: int | None
+    reason: str
+
+    @property
+    def n_rows(self) -> int:
+        return self.row_stop - self.row_start
+
+    def describe(self) -> str:
+        steps = (
+            f"steps {self.first_step}..{self.last_step}" if self.first_step is not None else "steps unknown"
+        )
+        return f"chunk {self.index} (rows {self.row_start}..{self.row_stop - 1}, {steps}): {self.reason}"
 
 
 def open_store(path: str | os.PathLike[str]) -> StoreReader:
-    """Open a store for reading; raises StoreNotFoundError, NotAStoreError, SchemaVersionError, CorruptStoreError."""
+    """Open a store for reading.
+
+    Raises StoreNotFoundError, NotAStoreError, SchemaVersionError (exit code 2) or CorruptStoreError (3).
+    """
     return StoreReader(path)
 
 
@@ -37,13 +103,12 @@ class StoreReader:
                 "point at a folder written by gradmanifold record or Recorder"
             )
         self.path = root
-        try:
-            self.manifest: Manifest = read_manifest(root)
-        except PermissionError as exc:
-            raise StoreNotFoundError(f"{root}: cannot read the manifest ({exc.strerror})") from None
+        self.manifest: Manifest = read_manifest(root)
         self.spec = ProjectionSpec.from_dict(self.manifest.projection)
         self._arrays: dict[str, Any] | None = None
         self._steps: np.ndarray | None = None
+        #: chunks the last iter_chunks(skip_corrupt=True) left out (in row order)
+        self.excluded: list[ExcludedChunk] = []
 
     # ---------------------------------------------------------------- ChunkSource
     @property
@@ -94,13 +159,22 @@ class StoreReader:
         row_stop: int | None = None,
         groups: Sequence[int] | None = None,
         chunk_rows: int | None = None,
+        *,
+        skip_corrupt: bool = False,
     ) -> Iterator[Chunk]:
-        """Committed rows [row_start, row_stop) in storage chunks (at most chunk_rows rows each), verified."""
+        """Committed rows [row_start, row_stop) in storage chunks (at most chunk_rows rows each), verified.
+
+        A damaged chunk raises CorruptStoreError naming it, its rows and steps. With skip_corrupt=True the
+        damaged storage chunks are left out instead (row0 then jumps over them) and listed, once the
+        iteration ends, in `self.excluded` (ExcludedChunk: index, rows, steps, reason).
+        """
         stop = self.n_steps if row_stop is None else min(int(row_stop), self.n_steps)
         start = max(0, int(row_start))
         names = (*BASE_ARRAYS, *self.manifest.optional)
         sel = None if groups is None else np.asarray(list(groups), dtype=np.intp)
-        for chunk in self._iter_raw(start, stop, names):
+        excluded: list[ExcludedChunk] = []
+        self.excluded = excluded
+        for chunk in self._iter_raw(start, stop, names, excluded if skip_corrupt else None):
             if sel is not None:
                 chunk = Chunk(
                     row0=chunk.row0,
@@ -128,32 +202,35 @@ class StoreReader:
 
     # ---------------------------------------------------------------- verification and info
     def read_chunk(self, index: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """The committed rows of storage chunk `index`, verified against the manifest checksums."""
+        """The committed rows of storage chunk `index`, verified against the manifest checksums.
+
+        A damaged chunk raises ChunkDamagedError (a CorruptStoreError naming chunk, rows and steps).
+        On a mismatch the manifest is read again: rows the writer replaced since this reader opened the
+        store raise StoreChangedError; a mismatch that persists under an unchanged commit is corruption.
+        """
         c = self.chunk_rows
         lo, hi = index * c, min((index + 1) * c, self.n_steps)
         if not 0 <= lo < hi:
             raise IndexError(f"chunk {index} holds no committed rows")
-        arrays = self._open()
         out: dict[str, np.ndarray] = {}
-        for name in names or arrays:
-            try:
-                data = np.asarray(arrays[name][lo:hi])
-            except Exception as exc:
-                raise self._corrupt(index, name, f"unreadable ({type(exc).__name__}: {exc})") from None
-            if checksum(data) != self.manifest.checksums[name][index]:
-                why = "missing" if not chunk_file(self.path, name, index).exists() else "checksum mismatch"
+        for name in names or (*BASE_ARRAYS, *self.manifest.optional):
+            data, why = self._read_checked(name, index, lo, hi, self.manifest.checksums[name][index])
+            if why:
+                data, why = self._retry(name, index, lo, hi, why)
+            if why:
                 raise self._corrupt(index, name, why)
+            assert data is not None
             out[name] = data
         return out
 
-    def verify(self) -> list[CorruptStoreError]:
+    def verify(self) -> list[ChunkDamagedError]:
         """Check every committed chunk of every array; returns the problems found (empty when sound)."""
         problems = []
         for i in range(self.manifest.n_chunks):
             for name in (*BASE_ARRAYS, *self.manifest.optional):
                 try:
                     self.read_chunk(i, (name,))
-                except CorruptStoreError as exc:
+                except ChunkDamagedError as exc:
                     problems.append(exc)
         return problems
 
@@ -188,7 +265,9 @@ class StoreReader:
             "created": m.created,
             "versions": dict(m.versions),
             "segments": [s.to_dict() for s in m.segments],
-            "writer": None if holder is None else {"host": holder.host, "pid": holder.pid, "since": holder.started},
+            "writer": None
+            if holder is None
+            else {"host": holder.host, "pid": holder.pid, "since": holder.started},
         }
 
     # ---------------------------------------------------------------- internals
@@ -198,25 +277,109 @@ class StoreReader:
                 self._arrays = open_arrays(self.path, (*BASE_ARRAYS, *self.manifest.optional), writable=False)
             except Exception as exc:
                 raise CorruptStoreError(
-                    f"{self.path}: the zarr arrays cannot be opened ({type(exc).__name__}: {exc})"
+                    f"{self.path}: the zarr arrays cannot be opened ({type(exc).__name__}: {_brief(exc)}); "
+                    "run `gradmanifold verify` to see what is damaged"
                 ) from None
         return self._arrays
 
-    def _corrupt(self, index: int, name: str, why: str) -> CorruptStoreError:
+    def _read_checked(
+        self, name: str, index: int, lo: int, hi: int, want: str
+    ) -> tuple[np.ndarray | None, str]:
+        """Rows [lo, hi) of array `name` and "" when their checksum is `want`, else (None or data, why)."""
+        arr = self._open()[name]
+        try:
+            data = np.asarray(arr[lo:hi])
+        except Exception as exc:  # a truncated or overlong chunk file fails to decode
+            return None, f"unreadable ({type(exc).__name__}: {_brief(exc)})"
+        if data.shape[0] != hi - lo:
+            return None, f"short ({data.shape[0]} of {hi - lo} rows)"
+        if checksum(data) != want:
+            why = "missing" if not chunk_file(self.path, name, index).exists() else "checksum mismatch"
+            return data, why
+        return data, ""
+
+    def _retry(self, name: str, index: int, lo: int, hi: int, why: str) -> tuple[np.ndarray | None, str]:
+        """After a mismatch: re-read the manifest; rows replaced since we opened -> StoreChangedError."""
+        mine = self.manifest
+        data: np.ndarray | None = None
+        for delay in RETRY_DELAYS:
+            if delay:
+                time.sleep(delay)
+            try:
+                fresh = read_manifest(self.path)
+            except GradManifoldError:
+                fresh = mine  # judge by our own commit
+            replaced = fresh.generation > mine.generation + 1 or (
+                fresh.generation == mine.generation + 1 and fresh.replaced_from < hi
+            )
+            if replaced:
+                raise StoreChangedError(
+                    f"{self.path}: rows from {fresh.replaced_from} on were replaced while this reader held "
+                    f"them (the writer rewound or the store was repaired: generation {mine.generation} -> "
+                    f"{fresh.generation}); open the store again to read the current rows"
+                )
+            # Same rows as our commit: read again (an unusual file system may show a rename late).
+            data, why = self._read_checked(name, index, lo, hi, mine.checksums[name][index])
+            if not why:
+                return data, ""
+        return data, why
+
+    def _steps_of(self, index: int) -> tuple[int, int] | None:
+        """First and last step of chunk `index`, from the (verified) step array; None if unknowable."""
         c = self.chunk_rows
-        lo, hi = index * c, min((index + 1) * c, self.n_steps) - 1
-        steps = ""
-        if self._steps is not None and hi < len(self._steps):
-            steps = f", steps {int(self._steps[lo])}..{int(self._steps[hi])}"
-        return CorruptStoreError(
-            f"{self.path}: chunk {index} of '{name}' (rows {lo}..{hi}{steps}) is {why}; "
-            "run `gradmanifold verify` to list every bad chunk"
+        lo, hi = index * c, min((index + 1) * c, self.n_steps)
+        if self._steps is not None and hi <= len(self._steps):
+            return int(self._steps[lo]), int(self._steps[hi - 1])
+        try:
+            data, why = self._read_checked("step", index, lo, hi, self.manifest.checksums["step"][index])
+        except CorruptStoreError:
+            return None
+        if why or data is None:
+            return None
+        return int(data[0]), int(data[-1])
+
+    def _corrupt(self, index: int, name: str, why: str) -> ChunkDamagedError:
+        c = self.chunk_rows
+        lo, hi = index * c, min((index + 1) * c, self.n_steps)
+        se = self._steps_of(index)
+        steps = f", steps {se[0]}..{se[1]}" if se else ", steps unknown: its step chunk is damaged too"
+        return ChunkDamagedError(
+            f"{self.path}: chunk {index} of '{name}' (rows {lo}..{hi - 1}{steps}) is {why}; "
+            "run `gradmanifold verify` to list every bad chunk, `gradmanifold repair` to drop a damaged tail",
+            chunk=index,
+            array=name,
+            rows=(lo, hi),
+            steps=se,
+            reason=why,
         )
 
-    def _iter_raw(self, start: int, stop: int, names: Sequence[str]) -> Iterator[Chunk]:
+    def _iter_raw(
+        self,
+        start: int,
+        stop: int,
+        names: Sequence[str],
+        excluded: list[ExcludedChunk] | None = None,
+    ) -> Iterator[Chunk]:
         c = self.chunk_rows
         for index in range(start // c, -(-stop // c)):
-            data = self.read_chunk(index, names)
+            try:
+                data = self.read_chunk(index, names)
+            except ChunkDamagedError as exc:
+                if excluded is None:
+                    raise
+                se = exc.steps
+                lo = index * c
+                excluded.append(
+                    ExcludedChunk(
+                        index=index,
+                        row_start=max(start, lo),
+                        row_stop=min(stop, lo + c),
+                        first_step=None if se is None else se[0],
+                        last_step=None if se is None else se[1],
+                        reason=f"{exc.array!r} {exc.reason}",
+                    )
+                )
+                continue
             lo = index * c
             a, b = max(start, lo) - lo, min(stop, lo + c) - lo
             n = b - a
@@ -230,3 +393,8 @@ class StoreReader:
                 loss=data["loss"][a:b] if "loss" in data else None,
                 lr=data["lr"][a:b] if "lr" in data else None,
             )
+
+
+def _brief(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 120 else text[:117] + "..."
