@@ -90,6 +90,7 @@ class ArraySource:
         self._names = tuple(group_names) if group_names is not None else tuple(f"g{i}" for i in range(g))
         self._sizes = tuple(group_sizes) if group_sizes is not None else (0,) * g
         self._chunk_rows = int(chunk_rows)
+        self.excluded: list[object] = []  # always empty; StoreReader lists damaged chunks it skipped here
 
     @property
     def n_steps(self) -> int:
@@ -120,7 +121,11 @@ class ArraySource:
         row_stop: int | None = None,
         groups: Sequence[int] | None = None,
         chunk_rows: int | None = None,
+        *,
+        skip_corrupt: bool = False,
     ) -> Iterator[Chunk]:
+        """Rows [row_start, row_stop) in chunks; skip_corrupt is accepted for symmetry with StoreReader
+        (arrays in memory have no damaged chunks: `excluded` stays empty)."""
         stop = self.n_steps if row_stop is None else min(row_stop, self.n_steps)
         size = chunk_rows or self._chunk_rows
         sel = slice(None) if groups is None else list(groups)
