@@ -29,11 +29,11 @@ Rows that are not counted or missing:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import queue
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -90,6 +90,7 @@ class AnalysisConfig:
     groups: tuple[str, ...] | None = None  # None: all groups
     burn_in: int = 0
     chunk_rows: int | None = None  # rows per block read (None: the source's natural chunks)
+    workers: int | None = None  # threads (None: one per core); scopes are split between them
 
 
 def eps_key(eps: float) -> str:
@@ -142,6 +143,7 @@ class _Plan:
     scope_names: tuple[str, ...]
     members: np.ndarray
     offsets: np.ndarray
+    workers: int
 
 
 def _open_source(source: Any) -> tuple[ChunkSource, StoreSummary]:
@@ -202,6 +204,8 @@ def _plan(src: ChunkSource, cfg: AnalysisConfig) -> _Plan:
         raise UsageError(f"sketch rank {cfg.sketch_rank} must be at least 1")
     if int(cfg.burn_in) < 0:
         raise UsageError(f"burn-in {cfg.burn_in} is negative; give 0 or more steps")
+    if cfg.workers is not None and int(cfg.workers) < 1:
+        raise UsageError(f"workers {cfg.workers} must be at least 1")
     if cfg.chunk_rows is not None and int(cfg.chunk_rows) < 1:
         raise UsageError(f"chunk rows {cfg.chunk_rows} must be at least 1")
     k = src.k
@@ -254,6 +258,7 @@ def _plan(src: ChunkSource, cfg: AnalysisConfig) -> _Plan:
         scope_names=("model", *(names[g] for g in sel)),
         members=members,
         offsets=offsets,
+        workers=int(cfg.workers) if cfg.workers else (os.cpu_count() or 1),
     )
 
 
@@ -276,74 +281,87 @@ def _row_range(src: ChunkSource, start: int | None, stop: int | None) -> tuple[i
 
 
 class _Run:
-    """State of one pass: predictor state, per-coordinate sums, increment buffers, spectrum accumulators."""
+    """One pass: reads chunks ahead (a thread), cuts them into segments, feeds the lanes (one per core)."""
 
     def __init__(self, src: ChunkSource, plan: _Plan, progress: Progress | None) -> None:
-        from gradmanifold.kernels.gram import ExactGram, NystromSketch
-        from gradmanifold.kernels.predict import predict_block
+        from gradmanifold.kernels.stream import Lane, split_scopes
 
         self.src, self.plan, self.progress = src, plan, progress
-        self.kernel = predict_block
         k = src.k
         n_scopes = len(plan.scope_names)
-        n_pred = len(plan.predictors)
         self.k, self.n_scopes = k, n_scopes
-        self.kinds = np.array([p.kind for p in plan.predictors], dtype=np.int64)
-        self.betas = np.array([p.beta for p in plan.predictors], dtype=np.float64)
-        self.hist = np.zeros((n_scopes, 3, k))
-        self.nseen = np.zeros(n_scopes, np.int64)
-        self.ema = np.zeros((n_scopes, n_pred, k))
-        self.acc = np.zeros((n_scopes, n_pred, k))  # per-coordinate error sums, closed windows
-        self.wacc = np.zeros((n_scopes, n_pred, k))  # the same for the open window
-        self.wcount = np.zeros(n_scopes, np.int64)
-        self.count = np.zeros(n_scopes, np.int64)
+        kinds = np.array([p.kind for p in plan.predictors], dtype=np.int64)
+        betas = np.array([p.beta for p in plan.predictors], dtype=np.float64)
+        self.levels = sp.nested_levels(k)
+        groups = [plan.members[plan.offsets[s] : plan.offsets[s + 1]].tolist() for s in range(n_scopes)]
+        # Cost of a scope: the Gram (k / 2 a row) plus the kernel's reads (one k-row per group).
+        costs = [k / 2 + 4 * len(g) + 2 * len(plan.predictors) for g in groups]
+        n_lanes = min(n_scopes, plan.workers)
+        cap = max(64, BUFFER_BYTES // (8 * k))
+        self.lanes = [
+            Lane(
+                ids,
+                [groups[s] for s in ids],
+                kinds,
+                betas,
+                k,
+                plan.method,
+                plan.sketch_rank or k,
+                plan.cfg.seed,
+                self.levels,
+                cap,
+            )
+            for ids in split_scopes(costs, n_lanes)
+        ]
+        self.where = {s: (lane, i) for lane in self.lanes for i, s in enumerate(lane.ids.tolist())}
         self.excluded = np.zeros(n_scopes, np.int64)
         self.exact_sq = np.zeros(n_scopes)
-        self.cap = max(64, BUFFER_BYTES // (8 * k))
-        self.hbuf = np.zeros((n_scopes, self.cap, k))
-        self.hcount = np.zeros(n_scopes, np.int64)
-        self.buffered = 0
-        self.levels = sp.nested_levels(k)
-        cfg = plan.cfg
-
-        def make(kk: int) -> ExactGram | NystromSketch:
-            if plan.method == "exact":
-                return ExactGram(kk)
-            return NystromSketch(kk, plan.sketch_rank or kk, cfg.seed)
-
-        self.main = [make(k) for _ in range(n_scopes)]
-        self.win = [make(k) for _ in range(n_scopes)]
-        # A sketch gives only its own spectrum: the nested sub-sketches get their own (randomized only).
-        self.sub = [
-            {kk: make(kk) for kk in self.levels[:-1]} if plan.method == "randomized" else {}
-            for _ in range(n_scopes)
-        ]
-        self.windows: list[WindowResult] = []
-        self.win_first_step: int | None = None
-        self.win_last_step = 0
+        self.win_meta: list[tuple[int, int, int]] = []  # (first step, last step, rows) of closed windows
+        self.win_first: int | None = None
+        self.win_last = 0
         self.win_rows = 0
         self.first_step: int | None = None
         self.last_step = 0
 
     # ------------------------------------------------------------------ driver
     def run(self, store: StoreSummary) -> AnalysisResult:
+        from gradmanifold.kernels.stream import one_blas_thread, read_ahead
+
         plan = self.plan
-        window = plan.cfg.window
         total = plan.hi - plan.lo
         done = 0
         chunks = self.src.iter_chunks(plan.lo, plan.hi, None, plan.cfg.chunk_rows)
-        for chunk in _read_ahead(chunks):
-            self._chunk(chunk, window)
-            done += chunk.n
-            if self.progress is not None:
-                self.progress(done, total)
-        self._flush()
-        if self.win_rows or not self.windows:
-            self._close_window(report=window is not None)
+        with contextlib.ExitStack() as stack:
+            pool = None
+            if len(self.lanes) > 1:
+                stack.enter_context(one_blas_thread())
+                pool = stack.enter_context(ThreadPoolExecutor(len(self.lanes), "gradmanifold-lane"))
+            for chunk in read_ahead(chunks):
+                proj, valid, counted, segments = self._prepare(chunk)
+                report = plan.cfg.window is not None
+                if pool is None:
+                    self.lanes[0].feed(proj, valid, counted, segments, report)
+                else:
+                    jobs = [pool.submit(ln.feed, proj, valid, counted, segments, report) for ln in self.lanes]
+                    for job in jobs:
+                        job.result()
+                done += chunk.n
+                if self.progress is not None:
+                    self.progress(done, total)
+        if self.win_rows or not self.win_meta:
+            report = plan.cfg.window is not None
+            for lane in self.lanes:
+                lane.close_window(report)
+            if report:
+                self.win_meta.append((self.win_first or 0, self.win_last, self.win_rows))
         return self._result(store)
 
-    def _chunk(self, chunk: Chunk, window: int | None) -> None:
+    def _prepare(
+        self, chunk: Chunk
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, bool]]]:
+        """Validity and counting masks of a chunk, its bookkeeping, and its segments (cut at window ends)."""
         plan = self.plan
+        window = plan.cfg.window
         n, r0 = chunk.n, chunk.row0
         proj = np.ascontiguousarray(chunk.proj, dtype=np.float32)
         sel = list(plan.sel)
@@ -357,6 +375,7 @@ class _Run:
         self.exact_sq[0] += float(sq.sum(axis=1)[cv[:, 0]].sum())
         self.exact_sq[1:] += np.where(cv[:, 1:], sq, 0.0).sum(axis=0)
         self.excluded += (counted[:, None] & ~valid).sum(axis=0)
+        segments = []
         a = 0
         while a < n:
             row = r0 + a
@@ -364,87 +383,22 @@ class _Run:
             if row < plan.count_lo:
                 b = min(b, plan.count_lo - r0)
             elif window is not None:
-                wend = plan.count_lo + (len(self.windows) + 1) * window
-                b = min(b, wend - r0)
-            b = min(b, a + self.cap - self.buffered)
-            self.kernel(
-                proj[a:b],
-                plan.members,
-                plan.offsets,
-                valid[a:b],
-                counted[a:b],
-                self.kinds,
-                self.betas,
-                self.hist,
-                self.nseen,
-                self.ema,
-                self.wacc,
-                self.wcount,
-                self.hbuf,
-                self.hcount,
-            )
-            self.buffered += b - a
+                b = min(b, plan.count_lo + (len(self.win_meta) + 1) * window - r0)
+            close = False
             if row >= plan.count_lo:
-                if self.win_first_step is None:
-                    self.win_first_step = int(chunk.step[a])
+                if self.win_first is None:
+                    self.win_first = int(chunk.step[a])
                 if self.first_step is None:
                     self.first_step = int(chunk.step[a])
-                self.win_last_step = self.last_step = int(chunk.step[b - 1])
+                self.win_last = self.last_step = int(chunk.step[b - 1])
                 self.win_rows += b - a
+                if window is not None and self.win_rows == window:
+                    close = True
+                    self.win_meta.append((self.win_first, self.win_last, self.win_rows))
+                    self.win_first, self.win_rows = None, 0
+            segments.append((a, b, close))
             a = b
-            if self.buffered >= self.cap:
-                self._flush()
-            if window is not None and self.win_rows == window:
-                self._flush()
-                self._close_window(report=True)
-
-    def _flush(self) -> None:
-        for s in range(self.n_scopes):
-            c = int(self.hcount[s])
-            if c:
-                h = self.hbuf[s, :c]
-                self.win[s].add(h)
-                for kk, acc in self.sub[s].items():
-                    acc.add(h[:, :kk])
-        self.hcount[:] = 0
-        self.buffered = 0
-
-    def _close_window(self, report: bool) -> None:
-        plan = self.plan
-        wsum = self.wacc.sum(axis=2)
-        if report:
-            scopes = {}
-            for s, name in enumerate(plan.scope_names):
-                den = float(wsum[s, 0])
-                kappa = {
-                    p.id: (float(wsum[s, i]) / den if den > 0.0 else None)
-                    for i, p in enumerate(plan.predictors[: plan.n_report])
-                }
-                acc = self.win[s]
-                if acc.n_rows:
-                    eigs, tot = acc.eigenvalues(), acc.frobenius_sq
-                    r_star = {eps_key(e): sp.r_star(eigs, tot, e) for e in plan.eps}
-                else:
-                    r_star = {eps_key(e): None for e in plan.eps}
-                scopes[name] = WindowScope(n_steps=int(self.wcount[s]), kappa=kappa, r_star=r_star)
-            self.windows.append(
-                WindowResult(
-                    index=len(self.windows),
-                    start_step=int(self.win_first_step if self.win_first_step is not None else 0),
-                    end_step=self.win_last_step,
-                    n_rows=self.win_rows,
-                    scopes=scopes,
-                )
-            )
-        for s in range(self.n_scopes):
-            self.main[s] += self.win[s]  # type: ignore[operator]
-            self.win[s].reset()
-        self.acc += self.wacc
-        self.count += self.wcount
-        self.wacc[:] = 0.0
-        self.wcount[:] = 0
-        self.win_first_step = None
-        self.win_rows = 0
+        return proj, valid, counted, segments
 
     # ------------------------------------------------------------------ results
     def _result(self, store: StoreSummary) -> AnalysisResult:
@@ -488,27 +442,50 @@ class _Run:
             n_rows=plan.hi - plan.lo,
         )
         return AnalysisResult(
-            store=store, config=config, scopes=scopes, windows=tuple(self.windows), warnings=tuple(warnings)
+            store=store, config=config, scopes=scopes, windows=self._windows(), warnings=tuple(warnings)
         )
+
+    def _windows(self) -> tuple[WindowResult, ...]:
+        plan = self.plan
+        out = []
+        for w, (first, last, rows) in enumerate(self.win_meta):
+            scopes = {}
+            for s, name in enumerate(plan.scope_names):
+                lane, li = self.where[s]
+                st = lane.windows[w][li]
+                den = float(st.sums[0])
+                kappa = {
+                    p.id: (float(st.sums[i]) / den if den > 0.0 else None)
+                    for i, p in enumerate(plan.predictors[: plan.n_report])
+                }
+                r_star = {
+                    eps_key(e): (sp.r_star(st.eigs, st.total, e) if st.eigs is not None else None)
+                    for e in plan.eps
+                }
+                scopes[name] = WindowScope(n_steps=st.n_steps, kappa=kappa, r_star=r_star)
+            out.append(WindowResult(index=w, start_step=first, end_step=last, n_rows=rows, scopes=scopes))
+        return tuple(out)
 
     def _scope(self, s: int, name: str) -> ScopeResult:
         plan = self.plan
-        n = int(self.count[s])
-        den = float(self.acc[s, 0].sum())
+        lane, li = self.where[s]
+        acc = lane.acc[li]
+        n = int(lane.count[li])
+        den = float(acc[0].sum())
         path_length: dict[str, float] = {}
         kappa: dict[str, float] = {}
         interval: dict[str, tuple[float, float]] = {}
         for i, p in enumerate(plan.predictors[: plan.n_report]):
-            num = float(self.acc[s, i].sum()) if i else den  # the same float: kappa(zero) == 1 exactly
+            num = float(acc[i].sum()) if i else den  # the same float: kappa(zero) == 1 exactly
             path_length[p.id] = num
             kappa[p.id] = num / den if den > 0.0 else math.nan
             if i == 0:
                 interval[p.id] = (kappa[p.id], kappa[p.id])
             else:
-                interval[p.id] = sp.kappa_interval(self.acc[s, i], self.acc[s, 0])
+                interval[p.id] = sp.kappa_interval(acc[i], acc[0])
         best = None
         if plan.grid:
-            ks = [(float(self.acc[s, i].sum()) / den if den > 0.0 else math.nan, b) for b, i in plan.grid]
+            ks = [(float(acc[i].sum()) / den if den > 0.0 else math.nan, b) for b, i in plan.grid]
             kb, bb = min(ks, key=lambda t: math.inf if math.isnan(t[0]) else t[0])
             best = BestEma(beta=bb, kappa=kb)
         candidates = [(v, pid) for pid, v in kappa.items() if not math.isnan(v)]
@@ -530,7 +507,7 @@ class _Run:
             kappa=kappa,
             kappa_interval=interval,
             projection_distortion=den / exact if exact > 0.0 else None,
-            distortion_rel_error=sp.relative_error(self.acc[s, 0]),
+            distortion_rel_error=sp.relative_error(acc[0]),
             rank=self._rank(s),
             bounds=bounds,
             best_ema=best,
@@ -538,7 +515,8 @@ class _Run:
 
     def _rank(self, s: int) -> RankResult:
         plan = self.plan
-        main = self.main[s]
+        lane, li = self.where[s]
+        main = lane.main[li]
         eigs, total = main.eigenvalues(), main.frobenius_sq
         by_level: dict[str, list[int | None]] = {eps_key(e): [] for e in plan.eps}
         for kk in self.levels:
@@ -548,7 +526,7 @@ class _Run:
                 le = main.eigenvalues(kk)
                 lt = float(np.trace(main.gram[:kk, :kk]))  # type: ignore[union-attr]
             else:
-                sub = self.sub[s][kk]
+                sub = lane.sub[li][kk]
                 le, lt = sub.eigenvalues(), sub.frobenius_sq
             for e in plan.eps:
                 by_level[eps_key(e)].append(sp.r_star(le, lt, e))
@@ -569,47 +547,3 @@ class _Run:
                 moving=tuple(moving),
             ),
         )
-
-
-def _read_ahead(chunks: Iterator[Chunk], depth: int = 2) -> Iterator[Chunk]:
-    """Iterate `chunks` in a background thread, `depth` chunks ahead (reading overlaps the kernels)."""
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    end = object()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def worker() -> None:
-        try:
-            for c in chunks:
-                if not put(c):
-                    return
-            put(end)
-        except BaseException as exc:  # handed to the consumer, raised there
-            put(_Failure(exc))
-
-    t = threading.Thread(target=worker, name="gradmanifold-read", daemon=True)
-    t.start()
-    try:
-        while True:
-            item = q.get()
-            if item is end:
-                return
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item
-    finally:
-        stop.set()
-        t.join(timeout=5)
-
-
-class _Failure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc

@@ -15,19 +15,20 @@ group, or all selected groups for the model total. For each scope the kernel
 State lives in arrays owned by the caller, so a stream split into blocks at any boundary gives the same
 per-coordinate sums, in the same order: results do not depend on chunking.
 
-`predict_block` is the Numba kernel (scopes in parallel); `predict_block_numpy` is its plain numpy twin with
+`predict_block` is the Numba kernel (it releases the GIL: the analysis runs one call per core on disjoint
+scopes); `predict_block_numpy` is its plain numpy twin with
 the same signature, used as the test oracle. Both mutate the state and output arrays in place.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from gradmanifold.predictors import EMA, LAST, TREND, ZERO
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)
 def predict_block(  # pragma: no cover - compiled; the numpy twin and the JIT-disabled run cover the logic
     proj: np.ndarray,  # float32 [n, G, k]
     members: np.ndarray,  # int64 [M]: group indices of all scopes, concatenated
@@ -48,7 +49,7 @@ def predict_block(  # pragma: no cover - compiled; the numpy twin and the JIT-di
     k = proj.shape[2]
     n_scopes = offsets.shape[0] - 1
     n_pred = kinds.shape[0]
-    for s in prange(n_scopes):
+    for s in range(n_scopes):
         first = members[offsets[s]]
         for t in range(n):
             if not valid[t, s]:
