@@ -85,8 +85,11 @@ def open_arrays(root: Path, names: tuple[str, ...], writable: bool) -> dict[str,
     out: dict[str, zarr.Array] = {}
     for name in names:
         arr = group[name]
-        assert isinstance(arr, zarr.Array)
-        out[name] = arr
+        if not isinstance(arr, zarr.Array):
+            raise TypeError(f"{name!r} is a {type(arr).__name__}, not an array")
+        # Write every chunk, also an all-zero one (zarr would leave no file): a committed chunk always has
+        # a file, so a missing file is always damage.
+        out[name] = arr.with_config({"write_empty_chunks": True}) if writable else arr
     return out
 
 

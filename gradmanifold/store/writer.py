@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import zarr
 
 from gradmanifold._version import __version__
 from gradmanifold.errors import (
@@ -535,14 +534,13 @@ class StoreWriter:
             for name in self._arrays
         )
         try:
-            with zarr.config.set({"array.write_empty_chunks": True}):
-                for name, arr in self._arrays.items():
-                    if arr.shape[0] < capacity:
-                        arr.resize(array_shape(name, capacity, g, k))
-                    block = data[name]
-                    if block is not None:
-                        arr[lo:hi] = block
-                    touched += [chunk_file(self.root, name, i) for i in range(lo // c, -(-hi // c))]
+            for name, arr in self._arrays.items():
+                if arr.shape[0] < capacity:
+                    arr.resize(array_shape(name, capacity, g, k))
+                block = data[name]
+                if block is not None:
+                    arr[lo:hi] = block
+                touched += [chunk_file(self.root, name, i) for i in range(lo // c, -(-hi // c))]
             if self._fsync:
                 fsync_files(touched)
         except OSError as exc:
