@@ -105,7 +105,7 @@ class StoreReader:
         self.path = root
         self.manifest: Manifest = read_manifest(root)
         self.spec = ProjectionSpec.from_dict(self.manifest.projection)
-        self._arrays: dict[str, Any] | None = None
+        self._arrays: dict[str, Any] = {}
         self._steps: np.ndarray | None = None
         #: chunks the last iter_chunks(skip_corrupt=True) left out (in row order)
         self.excluded: list[ExcludedChunk] = []
@@ -271,32 +271,48 @@ class StoreReader:
         }
 
     # ---------------------------------------------------------------- internals
-    def _open(self) -> dict[str, Any]:
-        if self._arrays is None:
+    def _array(self, name: str) -> Any:
+        """The zarr array `name`, opened on first use (so damaged metadata of one array spares the rest)."""
+        arr = self._arrays.get(name)
+        if arr is None:
             try:
-                self._arrays = open_arrays(self.path, (*BASE_ARRAYS, *self.manifest.optional), writable=False)
+                arr = open_arrays(self.path, (name,), writable=False)[name]
             except Exception as exc:
                 raise CorruptStoreError(
-                    f"{self.path}: the zarr arrays cannot be opened ({type(exc).__name__}: {_brief(exc)}); "
-                    "run `gradmanifold verify` to see what is damaged"
+                    f"{self.path}: array {name!r} cannot be opened ({type(exc).__name__}: {_brief(exc)}); "
+                    "its metadata (zarr.json) is damaged or missing; `gradmanifold repair` rebuilds it"
                 ) from None
-        return self._arrays
+            self._arrays[name] = arr
+        return arr
 
     def _read_checked(
         self, name: str, index: int, lo: int, hi: int, want: str
     ) -> tuple[np.ndarray | None, str]:
         """Rows [lo, hi) of array `name` and "" when their checksum is `want`, else (None or data, why)."""
-        arr = self._open()[name]
+        arr = self._array(name)
         try:
             data = np.asarray(arr[lo:hi])
         except Exception as exc:  # a truncated or overlong chunk file fails to decode
-            return None, f"unreadable ({type(exc).__name__}: {_brief(exc)})"
+            return None, self._unreadable(arr, name, index, exc)
         if data.shape[0] != hi - lo:
             return None, f"short ({data.shape[0]} of {hi - lo} rows)"
         if checksum(data) != want:
             why = "missing" if not chunk_file(self.path, name, index).exists() else "checksum mismatch"
             return data, why
         return data, ""
+
+    def _unreadable(self, arr: Any, name: str, index: int, exc: Exception) -> str:
+        """Why a chunk does not decode: a file of the wrong size (truncated, overlong), or what zarr says."""
+        path = chunk_file(self.path, name, index)
+        want = int(np.prod(arr.chunks)) * arr.dtype.itemsize
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = None
+        if size is not None and size != want:
+            cut = "truncated" if size < want else "overlong"
+            return f"{cut} ({size} bytes, an uncompressed chunk has {want})"
+        return f"unreadable ({type(exc).__name__}: {_brief(exc)})"
 
     def _retry(self, name: str, index: int, lo: int, hi: int, why: str) -> tuple[np.ndarray | None, str]:
         """After a mismatch: re-read the manifest; rows replaced since we opened -> StoreChangedError."""
