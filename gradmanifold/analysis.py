@@ -29,13 +29,11 @@ Rows that are not counted or missing:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -64,6 +62,9 @@ from gradmanifold.report.model import (
     WindowScope,
 )
 from gradmanifold.store.chunk import ArraySource, Chunk, ChunkSource
+
+if TYPE_CHECKING:
+    from gradmanifold.kernels.stream import Work
 
 DEFAULT_EPS = (0.5, 0.1, 0.05, 0.01)
 SVD_METHODS = ("auto", "exact", "randomized")
@@ -325,29 +326,22 @@ class _Run:
 
     # ------------------------------------------------------------------ driver
     def run(self, store: StoreSummary) -> AnalysisResult:
-        from gradmanifold.kernels.stream import one_blas_thread, read_ahead
+        from gradmanifold.kernels.stream import drive, read_ahead
 
         plan = self.plan
         total = plan.hi - plan.lo
         done = 0
         chunks = self.src.iter_chunks(plan.lo, plan.hi, None, plan.cfg.chunk_rows)
-        with contextlib.ExitStack() as stack:
-            pool = None
-            if len(self.lanes) > 1:
-                stack.enter_context(one_blas_thread())
-                pool = stack.enter_context(ThreadPoolExecutor(len(self.lanes), "gradmanifold-lane"))
+
+        def work() -> Iterator[Work]:
+            nonlocal done
             for chunk in read_ahead(chunks):
-                proj, valid, counted, segments = self._prepare(chunk)
-                report = plan.cfg.window is not None
-                if pool is None:
-                    self.lanes[0].feed(proj, valid, counted, segments, report)
-                else:
-                    jobs = [pool.submit(ln.feed, proj, valid, counted, segments, report) for ln in self.lanes]
-                    for job in jobs:
-                        job.result()
+                yield self._prepare(chunk)
                 done += chunk.n
                 if self.progress is not None:
                     self.progress(done, total)
+
+        drive(self.lanes, work(), plan.cfg.window is not None)
         if self.win_rows or not self.win_meta:
             report = plan.cfg.window is not None
             for lane in self.lanes:
@@ -356,9 +350,7 @@ class _Run:
                 self.win_meta.append((self.win_first or 0, self.win_last, self.win_rows))
         return self._result(store)
 
-    def _prepare(
-        self, chunk: Chunk
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, bool]]]:
+    def _prepare(self, chunk: Chunk) -> Work:
         """Validity and counting masks of a chunk, its bookkeeping, and its segments (cut at window ends)."""
         plan = self.plan
         window = plan.cfg.window
@@ -524,7 +516,7 @@ class _Run:
                 le, lt = eigs, total
             elif plan.method == "exact":
                 le = main.eigenvalues(kk)
-                lt = float(np.trace(main.gram[:kk, :kk]))  # type: ignore[union-attr]
+                lt = main.leading_trace(kk)  # type: ignore[union-attr]
             else:
                 sub = lane.sub[li][kk]
                 le, lt = sub.eigenvalues(), sub.frobenius_sq

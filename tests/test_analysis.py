@@ -288,3 +288,29 @@ def test_read_errors_propagate() -> None:
     g = np.zeros((100, 1, 4), np.float32)
     with pytest.raises(OSError, match="disk went away"):
         analyze(Broken(g, np.zeros((100, 1)), chunk_rows=10))
+
+
+def test_lanes_give_identical_results() -> None:
+    d = _data(6, t=300, g=4, k=8, flag_rate=0.02)
+    runs = [analyze(_source(d, 50), workers=w, window=70, burn_in=4) for w in (1, 2, 3, 8)]
+    for other in runs[1:]:
+        assert other.scopes == runs[0].scopes
+        assert other.windows == runs[0].windows
+
+
+def test_a_failing_lane_stops_the_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradmanifold.kernels import stream
+
+    original = stream.Lane.feed
+    calls = {"n": 0}
+
+    def feed(self, *args):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if 0 in self.ids.tolist() and calls["n"] > 3:
+            raise FloatingPointError("kernel blew up")
+        return original(self, *args)
+
+    monkeypatch.setattr(stream.Lane, "feed", feed)
+    d = _data(7, t=400, g=3, k=8)
+    with pytest.raises(FloatingPointError, match="blew up"):
+        analyze(_source(d, 10), workers=2)

@@ -17,6 +17,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,6 +27,8 @@ from gradmanifold.kernels.gram import ExactGram, NystromSketch
 from gradmanifold.kernels.predict import predict_block
 
 Accumulator = ExactGram | NystromSketch
+Segment = tuple[int, int, bool]  # rows [a, b) of a chunk; close the window after them
+Work = tuple[np.ndarray, np.ndarray, np.ndarray, Sequence[Segment]]  # proj, valid, counted, segments
 T = TypeVar("T")
 
 
@@ -90,7 +93,7 @@ class Lane:
         proj: np.ndarray,
         valid: np.ndarray,
         counted: np.ndarray,
-        segments: Sequence[tuple[int, int, bool]],
+        segments: Sequence[Segment],
         report_windows: bool,
     ) -> None:
         """Run the chunk's rows [a, b) of each segment; close the window after a segment marked so."""
@@ -163,6 +166,54 @@ def split_scopes(costs: Sequence[float], n_lanes: int) -> list[list[int]]:
         lanes[j].append(s)
         load[j] += costs[s]
     return [sorted(lane) for lane in lanes if lane]
+
+
+def drive(lanes: Sequence[Lane], work: Iterator[Work], report: bool, depth: int = 4) -> None:
+    """Feed every item of `work` to every lane; lanes run in their own threads, up to `depth` items apart.
+
+    Lanes only meet at the end (no barrier per chunk), so per-chunk jitter does not add up. An exception in a
+    lane or in `work` stops all lanes and is raised here.
+    """
+    if len(lanes) == 1:
+        for item in work:
+            lanes[0].feed(*item, report)
+        return
+    queues: list[queue.Queue[Work | None]] = [queue.Queue(maxsize=depth) for _ in lanes]
+    failed = threading.Event()
+
+    def consume(lane: Lane, q: queue.Queue[Work | None]) -> None:
+        while (item := q.get()) is not None:
+            if not failed.is_set():
+                try:
+                    lane.feed(*item, report)
+                except BaseException:
+                    failed.set()
+                    raise
+
+    def put(q: queue.Queue[Work | None], item: Work | None, job: Future[None]) -> None:
+        while not job.done():
+            try:
+                q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+        job.result()  # the lane died: raise its exception
+
+    with one_blas_thread(), ThreadPoolExecutor(len(lanes), "gradmanifold-lane") as pool:
+        jobs = [pool.submit(consume, lane, q) for lane, q in zip(lanes, queues, strict=True)]
+        try:
+            for item in work:
+                for q, job in zip(queues, jobs, strict=True):
+                    put(q, item, job)
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            for q, job in zip(queues, jobs, strict=True):
+                with contextlib.suppress(BaseException):
+                    put(q, None, job)
+        for job in jobs:
+            job.result()
 
 
 @contextlib.contextmanager
