@@ -1,0 +1,617 @@
+"""Synthetic gradient streams whose predictability is known: ground truth for `record --synthetic`.
+
+Each task is a seeded generator of T gradient vectors g_0..g_{T-1} in R^d (float64), with the expected value
+of the numbers `gradmanifold analyze` reports, computed independently of the recorder and the analysis:
+
+``white-noise`` (q = 0.5)
+    g_t = mu + xi_t, ||mu||^2 = q d, xi_t ~ N(0, (1 - q) I). Signal fraction q = ||mu||^2 / E||g||^2.
+    Long-run kappa (DESIGN.md section 1): last 2(1-q), ema:b (2/(1+b))(1-q), trend 6(1-q), zero 1.
+``random-walk``
+    g_t = g_{t-1} + xi_t, g_{-1} = 0, xi_t ~ N(0, I). E||g_t||^2 = (t + 1) d, so kappa(last) = 2 / (T + 1)
+    in expectation and kappa(trend) ~ 4 / T. The sum of ||g_t||^2 of a random walk does not concentrate
+    fast: one run's kappa scatters by about 1.5 / sqrt(d) relative around the expectation.
+``lowrank-drift`` (rank = 8, revert = 0.05, noise = 0, decay = 1)
+    g_t = b + z_t, z_t = (1 - revert) z_{t-1} + U c_t + nu_t: a fixed base b (||b||^2 = d) plus a slow,
+    mean-reverting drift inside a planted r-dim subspace (U orthonormal, c_t ~ N(0, diag(e)), e_i ~ decay^i
+    normalised to sum r), plus optional isotropic noise nu_t ~ N(0, noise^2 r / d I). With noise = 0 the
+    increments have rank exactly r, in projected space too: r*(eps) = r for every eps below the smallest
+    direction's energy share (1/r for equal energies).
+``noisy-quadratic`` (cond = 100, lr = 0.5, noise = 1, classes = 16)
+    SGD on f(x) = x^T A x / 2 with noisy gradients: g_t = A x_t + noise * xi_t, x_{t+1} = x_t - lr g_t,
+    x_0 ~ N(0, I). A is diagonal with `classes` distinct eigenvalues log-spaced in [1 / cond, 1] (d / classes
+    coordinates each): a transient while the mean path decays (rate 1 - lr lambda per class), then a
+    stationary AR(1) regime per coordinate.
+``lqr`` (noise = 0.5, lr = 0.5, replicas = 16)
+    Policy gradient on a linear-quadratic regulator, the paper's synthetic control task:
+    x_{s+1} = A x_s + B u_s, u_s = -K x_s, J(K) = E sum_s (x_s^T Q x_s + u_s^T R u_s), x_0 ~ N(0, I),
+    Q = R = I, A random with spectral radius 0.9 (so K_0 = 0 is stabilising), n states and m controls with
+    n m = d (m the largest divisor of d up to sqrt(d / 2)). The gradient is exact (Fazel et al. 2018,
+    arXiv:1801.05039: grad J = 2 ((R + B^T P_K B) K - B^T P_K A) Sigma_K) plus estimator noise
+    N(0, sigma^2 I) with sigma = noise ||grad J(K_0)|| / sqrt(d); the step is K <- K - eta g with
+    eta = lr / (2 ||R + B^T P B|| ||Sigma_K||) at K_0. Nonlinear, so no closed form: the ground truth is
+    estimated from `replicas` independent runs (mean and standard deviation of kappa, median r*).
+
+How the expectations are computed. The first four tasks are linear Gaussian processes that split into
+independent coordinate classes (a deterministic mean part and zero-mean noise parts, whose cross terms vanish
+in expectation). Each class is a scalar linear system s_{t+1} = M s_t + N w_t, g_t = c s_t + e w_t; with the
+predictor states (g_{t-1}, g_{t-2}, one EMA per beta) its second-moment matrix is propagated exactly, so
+`GroundTruth.kappa` is the expected path length over the expected sum of squared norms at this T (the EMA
+start-up and the t = 0 term included; no large-T approximation). Both sums concentrate when d is large, so
+one run lands within a few percent (random-walk: see above).
+
+r* is reported twice: `rank`, the median over three independent replicas of the task at this T and d (an
+isotropic spectrum sampled T times in d dims spreads out, Marchenko-Pastur, so r* sits well below
+(1 - eps) d unless T >> d); and `rank_limit`, r* of the expected increment Gram (noise parts diagonal, mean
+parts a small dense block), the T >> d value. For lowrank-drift both are the planted rank.
+
+In projected space (what a store holds) kappa moves by the JL error of the projection (about sqrt(2/k)
+relative on the mean part); r* is kept when r* << k, and an isotropic spectrum in d > k dims looks like
+one in k dims.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gradmanifold.errors import UsageError
+
+PREDICTORS: tuple[str, ...] = ("zero", "last", "ema:0.9", "ema:0.99", "trend")
+EPS: tuple[float, ...] = (0.5, 0.1, 0.05, 0.01)
+RANK_REPLICAS = 3
+
+DEFAULTS: dict[str, dict[str, float]] = {
+    "white-noise": {"q": 0.5},
+    "random-walk": {},
+    "lowrank-drift": {"rank": 8, "revert": 0.05, "noise": 0.0, "decay": 1.0},
+    "noisy-quadratic": {"cond": 100.0, "lr": 0.5, "noise": 1.0, "classes": 16},
+    "lqr": {"noise": 0.5, "lr": 0.5, "replicas": 16},
+}
+TASKS: tuple[str, ...] = tuple(DEFAULTS)
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """What analyze should find on a task's raw gradients (and, within the JL error, on its projections).
+
+    kappa: expected kappa per predictor at this T; kappa_sd: its spread over runs (estimated tasks only);
+    kappa_limit: the T -> infinity closed form where DESIGN.md gives one; rank: r* per eps at this T and d
+    (key: repr of eps, as in the analysis JSON), the median over independent replicas of the task;
+    rank_limit: r* of the expected increment Gram (the T >> d value; the planted rank for lowrank-drift);
+    method: how kappa was obtained, "exact" or "estimated from N replicas".
+    """
+
+    task: str
+    steps: int
+    dim: int
+    kappa: dict[str, float]
+    rank: dict[str, int]
+    method: str
+    kappa_limit: dict[str, float] = field(default_factory=dict)
+    kappa_sd: dict[str, float] = field(default_factory=dict)
+    rank_limit: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "steps": self.steps,
+            "dim": self.dim,
+            "method": self.method,
+            "kappa": dict(self.kappa),
+            "kappa_limit": dict(self.kappa_limit),
+            "kappa_sd": dict(self.kappa_sd),
+            "rank": dict(self.rank),
+            "rank_limit": dict(self.rank_limit),
+        }
+
+
+@dataclass(frozen=True)
+class SyntheticTask:
+    """A named synthetic stream: `gradients()` yields g_0..g_{T-1}; `ground_truth()` says what to find."""
+
+    name: str
+    steps: int
+    dim: int
+    seed: int = 0
+    params: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def options(self) -> dict[str, float]:
+        return {**DEFAULTS[self.name], **dict(self.params)}
+
+    def gradients(self) -> Iterator[np.ndarray]:
+        """The stream, one float64 [dim] vector per step (deterministic in seed and parameters)."""
+        return _GENERATORS[self.name](self, np.random.default_rng([self.seed, _TASK_TAG[self.name]]))
+
+    def replica_ranks(self, eps: Sequence[float], replicas: int = RANK_REPLICAS) -> dict[str, int]:
+        """Median r* per eps over `replicas` independent runs of this task (other noise, same parameters)."""
+        ranks: dict[str, list[int]] = {repr(float(x)): [] for x in eps}
+        for i in range(replicas):
+            rng = np.random.default_rng([self.seed, _TASK_TAG[self.name], 1000 + i])
+            g = np.stack(list(_GENERATORS[self.name](self, rng)))
+            sv2 = _increment_energies(g)
+            for x in eps:
+                ranks[repr(float(x))].append(rank_from_energies(sv2, x))
+        return {key: int(np.median(v)) for key, v in ranks.items()}
+
+    def array(self) -> np.ndarray:
+        """The whole stream as float64 [steps, dim] (for tests and small runs)."""
+        return np.stack(list(self.gradients()))
+
+    def ground_truth(self, predictors: Sequence[str] = PREDICTORS, eps: Sequence[float] = EPS) -> GroundTruth:
+        """Expected kappa per predictor and r* per eps (see the module docstring for how)."""
+        for p in predictors:
+            _predictor_filter(p)  # validate
+        return _TRUTHS[self.name](self, tuple(predictors), tuple(eps))
+
+
+def make_task(
+    name: str, steps: int, dim: int, seed: int = 0, params: Mapping[str, float] | None = None
+) -> SyntheticTask:
+    """Validate and build a task; UsageError names what is wrong and the allowed values."""
+    if name not in DEFAULTS:
+        raise UsageError(f"unknown synthetic task {name!r}; choose from {', '.join(TASKS)}")
+    if steps < 3:
+        raise UsageError(f"--steps must be at least 3 for a synthetic task, not {steps}")
+    if dim < 1:
+        raise UsageError(f"--dim must be at least 1, not {dim}")
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(DEFAULTS[name]))
+    if unknown:
+        known = ", ".join(DEFAULTS[name]) or "none"
+        raise UsageError(f"unknown parameter(s) {', '.join(unknown)} for {name}; known: {known}")
+    task = SyntheticTask(name, int(steps), int(dim), int(seed), tuple(sorted(params.items())))
+    o = task.options
+    if name == "white-noise" and not 0.0 <= o["q"] < 1.0:
+        raise UsageError(f"q (signal fraction) must be in [0, 1), not {o['q']}")
+    if name == "lowrank-drift" and not 1 <= int(o["rank"]) <= dim:
+        raise UsageError(f"rank must be between 1 and --dim ({dim}), not {o['rank']}")
+    if name == "noisy-quadratic" and not 0.0 < o["lr"] < 2.0:
+        raise UsageError(
+            f"lr (times the largest curvature) must be in (0, 2) for SGD to converge, not {o['lr']}"
+        )
+    if name == "noisy-quadratic" and not 1 <= int(o["classes"]) <= dim:
+        raise UsageError(f"classes must be between 1 and --dim ({dim}), not {o['classes']}")
+    if name == "lqr" and dim > 4096:
+        raise UsageError(f"lqr solves Lyapunov equations of n x n states; use --dim up to 4096, not {dim}")
+    return task
+
+
+# ---------------------------------------------------------------------------------------------- references
+
+
+def _predictor_filter(pid: str) -> tuple[str, float]:
+    if pid in ("zero", "last", "trend"):
+        return pid, 0.0
+    if pid.startswith("ema:"):
+        try:
+            beta = float(pid[4:])
+        except ValueError:
+            beta = -1.0
+        if 0.0 <= beta < 1.0:
+            return "ema", beta
+    raise UsageError(f"unknown predictor {pid!r}; use zero, last, trend or ema:<beta> with 0 <= beta < 1")
+
+
+def path_lengths(g: np.ndarray, predictors: Sequence[str] = PREDICTORS) -> dict[str, float]:
+    """P_T(m) for each predictor on rows g_0..g_{T-1} (float64 numpy reference of DESIGN.md section 1)."""
+    g = np.asarray(g, dtype=np.float64).reshape(len(g), -1)
+    out = {}
+    for pid in predictors:
+        kind, beta = _predictor_filter(pid)
+        m = np.zeros_like(g)
+        if kind == "last":
+            m[1:] = g[:-1]
+        elif kind == "trend":
+            m[1:2] = g[:1]
+            m[2:] = 2 * g[1:-1] - g[:-2]
+        elif kind == "ema":
+            e = np.zeros(g.shape[1])
+            for t in range(len(g)):
+                m[t] = e
+                e = beta * e + (1 - beta) * g[t]
+        out[pid] = float(np.sum((g - m) ** 2))
+    return out
+
+
+def kappa_reference(g: np.ndarray, predictors: Sequence[str] = PREDICTORS) -> dict[str, float]:
+    """kappa = P_T(m) / sum ||g_t||^2 for each predictor (numpy reference)."""
+    g = np.asarray(g, dtype=np.float64).reshape(len(g), -1)
+    total = float(np.sum(g**2))
+    return {pid: p / total for pid, p in path_lengths(g, predictors).items()}
+
+
+def rank_reference(g: np.ndarray, eps: float) -> int:
+    """r*(eps) of the increments H = diff(g) (numpy reference: singular values of H)."""
+    return rank_from_energies(_increment_energies(g), eps)
+
+
+def _increment_energies(g: np.ndarray) -> np.ndarray:
+    """Squared singular values of H = diff(g)."""
+    h = np.diff(np.asarray(g, dtype=np.float64).reshape(len(g), -1), axis=0)
+    return np.linalg.svd(h, compute_uv=False) ** 2
+
+
+def rank_from_energies(energies: np.ndarray, eps: float, multiplicity: np.ndarray | None = None) -> int:
+    """min r: the r largest energies hold (1 - eps) of the total (energy i counted multiplicity[i] times)."""
+    e = np.asarray(energies, dtype=np.float64)
+    mult = np.ones(len(e)) if multiplicity is None else np.asarray(multiplicity, dtype=np.float64)
+    order = np.argsort(-e, kind="stable")
+    e, mult = e[order], mult[order]
+    total = float(np.sum(e * mult))
+    if total <= 0:
+        return 0
+    need = (1.0 - eps) * total
+    done, r = 0.0, 0
+    for ei, mi in zip(e, mult, strict=True):
+        if done + ei * mi >= need * (1 - 1e-12):
+            return r + max(1, math.ceil((need - done) / ei - 1e-9)) if ei > 0 else r
+        done += ei * mi
+        r += int(mi)
+    return r
+
+
+# ---------------------------------------------------------------------------------------------- exact moments
+
+
+@dataclass(frozen=True)
+class _Classes:
+    """Independent scalar linear systems: s' = M s + N w, g = c s + e w, s_0 given; `weight` copies of each.
+
+    Deterministic classes (N = e = 0) are the mean part; `partner[i]` is the noise class whose coordinates
+    hold mean direction i (or -1), so that r* counts the mean directions once.
+    """
+
+    m: np.ndarray
+    n: np.ndarray
+    c: np.ndarray
+    e: np.ndarray
+    s0: np.ndarray
+    weight: np.ndarray
+    partner: np.ndarray
+
+
+def _moments(cl: _Classes, steps: int, predictors: Sequence[str]) -> tuple[dict[str, float], float, Any]:
+    """Expected path lengths, expected sum ||g||^2 and (per class) increment energies / mean increments.
+
+    Joint state u = (s, g_{t-1}, g_{t-2}, ema_1, ...) per class; its second moment S = E[u u^T] evolves as
+    S' = A S A^T + b b^T. A predictor's error g_t - m_t = v . u + e w has E[err^2] = v^T S v + e^2.
+    """
+    betas = sorted({_predictor_filter(p)[1] for p in predictors if p.startswith("ema:")})
+    nb = len(betas)
+    n = 3 + nb
+    d = len(cl.c)
+    a = np.zeros((d, n, n))
+    b = np.zeros((d, n))
+    a[:, 0, 0] = cl.m
+    b[:, 0] = cl.n
+    a[:, 1, 0] = cl.c
+    b[:, 1] = cl.e
+    for j, beta in enumerate(betas):
+        a[:, 3 + j, 0] = (1 - beta) * cl.c
+        a[:, 3 + j, 3 + j] = beta
+        b[:, 3 + j] = (1 - beta) * cl.e
+    a_first = a.copy()  # t = 0: the g_{t-2} slot takes g_0, so that trend's m_1 = 2 g_0 - g_0 = g_0
+    a_first[:, 2, 0] = cl.c
+    b_first = b.copy()
+    b_first[:, 2] = cl.e
+    a[:, 2, 1] = 1.0
+    vecs = {}
+    for pid in predictors:
+        kind, beta = _predictor_filter(pid)
+        v = np.zeros((d, n))
+        v[:, 0] = cl.c
+        if kind == "last":
+            v[:, 1] = -1
+        elif kind == "trend":
+            v[:, 1], v[:, 2] = -2, 1
+        elif kind == "ema":
+            v[:, 3 + betas.index(beta)] = -1
+        vecs[pid] = v
+    u0 = np.zeros((d, n))
+    u0[:, 0] = cl.s0
+    s = u0[:, :, None] * u0[:, None, :]
+    e2 = cl.e**2
+    err = {pid: np.zeros(d) for pid in predictors}
+    energy = np.zeros(d)
+    incr = np.zeros(d)  # sum over t >= 1 of E[(g_t - g_{t-1})^2]
+    mean_g = np.zeros((steps, d))
+    mu = cl.s0.astype(np.float64).copy()
+    v_last = np.zeros((d, n))
+    v_last[:, 0], v_last[:, 1] = cl.c, -1
+    v_g = np.zeros((d, n))
+    v_g[:, 0] = cl.c
+    for t in range(steps):
+        for pid, v in vecs.items():
+            err[pid] += np.einsum("di,dij,dj->d", v, s, v) + e2
+        energy += np.einsum("di,dij,dj->d", v_g, s, v_g) + e2
+        if t:
+            incr += np.einsum("di,dij,dj->d", v_last, s, v_last) + e2
+        mean_g[t] = cl.c * mu
+        mu = cl.m * mu
+        aa, bb = (a_first, b_first) if t == 0 else (a, b)
+        s = aa @ s @ np.swapaxes(aa, 1, 2) + bb[:, :, None] * bb[:, None, :]
+    w = cl.weight
+    return (
+        {pid: float(np.sum(w * v)) for pid, v in err.items()},
+        float(np.sum(w * energy)),
+        (incr, np.diff(mean_g, axis=0)),
+    )
+
+
+def _exact_truth(
+    task: SyntheticTask, cl: _Classes, predictors: tuple[str, ...], eps: tuple[float, ...]
+) -> GroundTruth:
+    p, total, (incr, mean_h) = _moments(cl, task.steps, predictors)
+    kappa = {pid: v / total for pid, v in p.items()}
+    det = (cl.n == 0) & (cl.e == 0)
+    # noise classes: diagonal energies (fluctuation only: the mean is zero for them)
+    energies, mult = [], []
+    mean_idx = np.flatnonzero(det & (np.abs(mean_h).sum(axis=0) > 0))
+    taken = np.zeros(len(cl.c))
+    for i in mean_idx:
+        if cl.partner[i] >= 0:
+            taken[cl.partner[i]] += 1
+    for i in np.flatnonzero(~det):
+        extra = max(cl.weight[i] - taken[i], 0)
+        if extra:
+            energies.append(incr[i])
+            mult.append(extra)
+    if len(mean_idx):
+        hm = mean_h[:, mean_idx]
+        gram = hm.T @ hm
+        gram[np.diag_indices_from(gram)] += [
+            incr[cl.partner[i]] if cl.partner[i] >= 0 else 0 for i in mean_idx
+        ]
+        for ev in np.linalg.eigvalsh(gram):
+            energies.append(max(float(ev), 0.0))
+            mult.append(1)
+    limit = {repr(float(x)): rank_from_energies(np.array(energies), x, np.array(mult)) for x in eps}
+    return GroundTruth(
+        task.name,
+        task.steps,
+        task.dim,
+        kappa,
+        task.replica_ranks(eps),
+        "exact",
+        kappa_limit=_limits(task, predictors),
+        rank_limit=limit,
+    )
+
+
+def _limits(task: SyntheticTask, predictors: Sequence[str]) -> dict[str, float]:
+    if task.name != "white-noise":
+        return {}
+    q = task.options["q"]
+    out = {}
+    for pid in predictors:
+        kind, beta = _predictor_filter(pid)
+        out[pid] = {"zero": 1.0, "last": 2 * (1 - q), "trend": 6 * (1 - q)}.get(
+            kind, 2 / (1 + beta) * (1 - q)
+        )
+    return out
+
+
+def _classes(rows: Sequence[tuple[float, ...]]) -> _Classes:
+    arr = np.array([r[:6] for r in rows], dtype=np.float64)
+    return _Classes(*arr.T, partner=np.array([int(r[6]) for r in rows], dtype=np.int64))  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------------------------- tasks
+
+_TASK_TAG = {name: i + 1 for i, name in enumerate(TASKS)}
+
+
+def _white_noise(task: SyntheticTask, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    q, d = task.options["q"], task.dim
+    mu = _unit(rng, d) * math.sqrt(q * d)
+    sigma = math.sqrt(1 - q)
+    for _ in range(task.steps):
+        yield mu + sigma * rng.standard_normal(d)
+
+
+def _white_noise_truth(task: SyntheticTask, pr: tuple[str, ...], eps: tuple[float, ...]) -> GroundTruth:
+    q, d = task.options["q"], task.dim
+    # (m, n, c, e, s0, weight, partner): mean direction (deterministic), isotropic noise
+    return _exact_truth(
+        task, _classes([(1, 0, math.sqrt(q * d), 0, 1, 1, 1), (1, 0, 0, math.sqrt(1 - q), 0, d, -1)]), pr, eps
+    )
+
+
+def _random_walk(task: SyntheticTask, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    g = np.zeros(task.dim)
+    for _ in range(task.steps):
+        g = g + rng.standard_normal(task.dim)
+        yield g
+
+
+def _random_walk_truth(task: SyntheticTask, pr: tuple[str, ...], eps: tuple[float, ...]) -> GroundTruth:
+    return _exact_truth(task, _classes([(1, 1, 1, 1, 0, task.dim, -1)]), pr, eps)
+
+
+def _lowrank_energies(o: Mapping[str, float]) -> np.ndarray:
+    r = int(o["rank"])
+    e = float(o["decay"]) ** np.arange(r)
+    return e * (r / e.sum())
+
+
+def _lowrank(task: SyntheticTask, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    o, d = task.options, task.dim
+    r = int(o["rank"])
+    base = _unit(rng, d) * math.sqrt(d)
+    u, _ = np.linalg.qr(rng.standard_normal((d, r)))
+    scale = np.sqrt(_lowrank_energies(o))
+    rho = 1.0 - float(o["revert"])
+    nu = float(o["noise"]) * math.sqrt(r / d)
+    z = np.zeros(d)
+    for _ in range(task.steps):
+        z = rho * z + u @ (scale * rng.standard_normal(r))
+        if nu:
+            z += nu * rng.standard_normal(d)
+        yield base + z
+
+
+def _lowrank_truth(task: SyntheticTask, pr: tuple[str, ...], eps: tuple[float, ...]) -> GroundTruth:
+    o, d = task.options, task.dim
+    rho = 1.0 - float(o["revert"])
+    nu2 = float(o["noise"]) ** 2 * int(o["rank"]) / d
+    rows = [(1.0, 0.0, math.sqrt(d), 0.0, 1.0, 1, -1)]  # the base: constant, no increments
+    # z_t = rho z_{t-1} + sigma w_t: state s_t = z_{t-1}, g_t = rho s_t + sigma w_t, s_{t+1} = g_t
+    rows += [(rho, math.sqrt(ei + nu2), rho, math.sqrt(ei + nu2), 0, 1, -1) for ei in _lowrank_energies(o)]
+    if nu2:
+        rows.append((rho, math.sqrt(nu2), rho, math.sqrt(nu2), 0, d - int(o["rank"]), -1))
+    return _exact_truth(task, _classes(rows), pr, eps)
+
+
+def _quadratic_setup(task: SyntheticTask) -> tuple[np.ndarray, np.ndarray, float, float]:
+    o, d = task.options, task.dim
+    nc = int(o["classes"])
+    lam = np.logspace(-math.log10(o["cond"]), 0.0, nc)
+    cls = np.arange(d) * nc // d  # coordinate -> class (contiguous blocks)
+    return lam, cls, float(o["lr"]), float(o["noise"])
+
+
+def _noisy_quadratic(task: SyntheticTask, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    lam, cls, lr, noise = _quadratic_setup(task)
+    diag = lam[cls]
+    x = rng.standard_normal(task.dim)
+    for _ in range(task.steps):
+        g = diag * x + noise * rng.standard_normal(task.dim)
+        yield g
+        x = x - lr * g
+
+
+def _noisy_quadratic_truth(task: SyntheticTask, pr: tuple[str, ...], eps: tuple[float, ...]) -> GroundTruth:
+    lam, cls, lr, noise = _quadratic_setup(task)
+    x0 = np.random.default_rng([task.seed, _TASK_TAG[task.name]]).standard_normal(task.dim)
+    rows = []
+    nc = len(lam)
+    for i, li in enumerate(lam):  # noise part of class i: x' = (1 - lr l) x - lr noise w, g = l x + noise w
+        rows.append((1 - lr * li, -lr * noise, li, noise, 0.0, int(np.sum(cls == i)), -1))
+    for i, li in enumerate(lam):  # mean part: the noise-free path from x_0 restricted to the class
+        rows.append((1 - lr * li, 0.0, li, 0.0, float(np.linalg.norm(x0[cls == i])), 1, i))
+    assert len(rows) == 2 * nc
+    return _exact_truth(task, _classes(rows), pr, eps)
+
+
+# ---------------------------------------------------------------------------------------------- lqr
+
+
+def _lqr_dims(d: int) -> tuple[int, int]:
+    m = max(k for k in range(1, max(1, math.isqrt(max(d // 2, 1))) + 1) if d % k == 0)
+    return d // m, m
+
+
+@dataclass(frozen=True)
+class _Lqr:
+    a: np.ndarray
+    b: np.ndarray
+    eta: float
+    sigma: float
+
+
+def _lqr_setup(task: SyntheticTask) -> _Lqr:
+    n, m = _lqr_dims(task.dim)
+    rng = np.random.default_rng([task.seed, _TASK_TAG["lqr"], 7])
+    a = rng.standard_normal((n, n))
+    a *= 0.9 / max(np.abs(np.linalg.eigvals(a)).max(), 1e-12)
+    b = rng.standard_normal((n, m)) / math.sqrt(n)
+    k0 = np.zeros((1, m, n))
+    grad, p, sig = _lqr_grad(a, b, k0)
+    gain = np.linalg.norm(np.eye(m) + b.T @ p[0] @ b, 2) * np.linalg.norm(sig[0], 2)
+    eta = float(task.options["lr"] / (2 * gain))
+    sigma = task.options["noise"] * float(np.linalg.norm(grad[0])) / math.sqrt(task.dim)
+    return _Lqr(a, b, eta, sigma)
+
+
+def _dlyap(f: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """X = sum_j (f^T)^j q f^j, batched, by doubling (Smith's method); f must be stable."""
+    x = q.copy()
+    for _ in range(40):
+        x = x + np.swapaxes(f, -1, -2) @ x @ f
+        f = f @ f
+        if np.abs(f).max() < 1e-13:
+            return x
+    raise UsageError("lqr: the policy became unstable (spectral radius >= 1); lower the lr parameter")
+
+
+def _lqr_grad(a: np.ndarray, b: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact policy gradient of J(K) (Q = R = I, x_0 ~ N(0, I)), batched over K [batch, m, n]."""
+    n, m = b.shape
+    ak = a - b @ k
+    p = _dlyap(ak, np.eye(n) + np.swapaxes(k, -1, -2) @ k)
+    sig = _dlyap(np.swapaxes(ak, -1, -2), np.broadcast_to(np.eye(n), p.shape).copy())
+    bt = b.T
+    e = (np.eye(m) + bt @ p @ b) @ k - bt @ p @ a
+    return 2 * e @ sig, p, sig
+
+
+def _lqr_run(task: SyntheticTask, setup: _Lqr, rng: np.random.Generator, batch: int) -> Iterator[np.ndarray]:
+    n, m = setup.b.shape
+    k = np.zeros((batch, m, n))
+    for _ in range(task.steps):
+        grad, _, _ = _lqr_grad(setup.a, setup.b, k)
+        g = grad + setup.sigma * rng.standard_normal(grad.shape)
+        yield g.reshape(batch, -1)
+        k = k - setup.eta * g
+
+
+def _lqr(task: SyntheticTask, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    for g in _lqr_run(task, _lqr_setup(task), rng, 1):
+        yield g[0]
+
+
+def _lqr_truth(task: SyntheticTask, pr: tuple[str, ...], eps: tuple[float, ...]) -> GroundTruth:
+    reps = int(task.options["replicas"])
+    rng = np.random.default_rng([task.seed, _TASK_TAG["lqr"], 99])
+    runs = np.stack(list(_lqr_run(task, _lqr_setup(task), rng, reps)), axis=1)  # [reps, T, d]
+    kap = [kappa_reference(r, pr) for r in runs]
+    sv2 = [_increment_energies(r) for r in runs]
+    return GroundTruth(
+        task.name,
+        task.steps,
+        task.dim,
+        {p: float(np.mean([x[p] for x in kap])) for p in pr},
+        {repr(float(x)): int(np.median([rank_from_energies(e, x) for e in sv2])) for x in eps},
+        f"estimated from {reps} replicas",
+        kappa_sd={p: float(np.std([x[p] for x in kap], ddof=1)) if reps > 1 else 0.0 for p in pr},
+    )
+
+
+def _unit(rng: np.random.Generator, d: int) -> np.ndarray:
+    v = rng.standard_normal(d)
+    return v / np.linalg.norm(v)
+
+
+_GENERATORS = {
+    "white-noise": _white_noise,
+    "random-walk": _random_walk,
+    "lowrank-drift": _lowrank,
+    "noisy-quadratic": _noisy_quadratic,
+    "lqr": _lqr,
+}
+_TRUTHS = {
+    "white-noise": _white_noise_truth,
+    "random-walk": _random_walk_truth,
+    "lowrank-drift": _lowrank_truth,
+    "noisy-quadratic": _noisy_quadratic_truth,
+    "lqr": _lqr_truth,
+}
+
+__all__ = [
+    "DEFAULTS",
+    "EPS",
+    "PREDICTORS",
+    "TASKS",
+    "GroundTruth",
+    "SyntheticTask",
+    "kappa_reference",
+    "make_task",
+    "path_lengths",
+    "rank_from_energies",
+    "rank_reference",
+]
