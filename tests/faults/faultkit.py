@@ -1,0 +1,129 @@
+"""Helpers of the fault-injection suite: rows that check themselves, snapshots, CLI runs, child writers.
+
+Every row this suite writes is a function of (step, version): proj from a seeded generator, sqnorm[0] holds
+the version (how many rewinds had happened when it was written) and sqnorm[1] the step. So any reader can
+check, row by row, that what it sees is a row a writer really wrote: never a torn, zero-filled or NaN row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gradmanifold.projection import ProjectionSpec
+from gradmanifold.store import StoreWriter, open_store
+
+SPEC = ProjectionSpec(k=8, seed=3)
+GROUPS = [("a", 100), ("b", 7)]
+ROOT = Path(__file__).resolve().parents[2]
+FAULTS = Path(__file__).resolve().parent
+
+
+def make_row(step: int, version: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([version, step])
+    proj = rng.standard_normal((2, 8)).astype(np.float32)
+    return proj, np.array([float(version), float(step)])
+
+
+def write(path: Path, steps: list[int], chunk_rows: int = 4, version: int = 0, **kw: Any) -> None:
+    with StoreWriter(path, SPEC, GROUPS, chunk_rows=chunk_rows, **kw) as w:
+        for s in steps:
+            w.append(s, *make_row(s, version), loss=float(s))
+
+
+def read_all(path: Path) -> dict[str, np.ndarray]:
+    r = open_store(path)
+    chunks = list(r.iter_chunks())
+    if not chunks:
+        return {
+            "step": np.zeros(0, np.int64),
+            "proj": np.zeros((0, 2, 8), np.float32),
+            "sqnorm": np.zeros((0, 2)),
+        }
+    return {
+        "step": np.concatenate([c.step for c in chunks]),
+        "proj": np.concatenate([c.proj for c in chunks]),
+        "sqnorm": np.concatenate([c.sqnorm for c in chunks]),
+    }
+
+
+def check_rows(step: np.ndarray, proj: np.ndarray, sqnorm: np.ndarray, first_step: int = 0) -> None:
+    """The rows are steps first_step, first_step+1, ... each exactly as some writer wrote it."""
+    n = len(step)
+    np.testing.assert_array_equal(step, np.arange(first_step, first_step + n))
+    assert np.isfinite(proj).all() and np.isfinite(sqnorm).all()
+    versions = sqnorm[:, 0].astype(np.int64)
+    assert np.all(np.diff(versions) >= 0), "a rewind replaces a suffix: versions never decrease along rows"
+    for i in range(n):
+        want_proj, want_sq = make_row(int(step[i]), int(versions[i]))
+        np.testing.assert_array_equal(proj[i], want_proj)
+        np.testing.assert_array_equal(sqnorm[i], want_sq)
+
+
+def assert_clean_prefix(path: Path) -> int:
+    """Open, read everything, check every row; return the number of committed rows."""
+    got = read_all(path)
+    check_rows(got["step"], got["proj"], got["sqnorm"])
+    return len(got["step"])
+
+
+def snapshot(path: Path) -> dict[str, Any]:
+    """Every file and folder under path (or the path itself): kind, mode, size, content hash."""
+    out: dict[str, Any] = {}
+    if not os.path.lexists(path):
+        return {"": None}
+    items = [path, *sorted(path.rglob("*"))] if path.is_dir() else [path]
+    for p in items:
+        rel = str(p.relative_to(path)) if p != path else ""
+        st = p.lstat()
+        if p.is_dir():
+            out[rel] = ("dir", st.st_mode)
+        else:
+            out[rel] = ("file", st.st_mode, st.st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> Any:
+    """Run the CLI in-process; returns typer's Result (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from gradmanifold.cli import app
+
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def assert_one_line_error(result: Any, code: int) -> str:
+    """Exit `code`, no traceback, exactly one `gradmanifold: error:` line on stderr."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    err = result.stderr
+    assert "Traceback" not in err and "Traceback" not in result.stdout
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("gradmanifold: error: "), err
+    assert "internal error" not in lines[0]
+    return lines[0]
+
+
+def child_env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env["PYTHONPATH"] = os.pathsep.join([str(FAULTS), str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def spawn(script: str, *args: str, **kw: Any) -> subprocess.Popen[str]:
+    """Start a Python child running `script` (dedented) with args; stdout is a pipe of text lines."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        **kw,
+    )
