@@ -463,6 +463,7 @@ class _Run:
         lane, li = self.where[s]
         acc = lane.acc[li]
         n = int(lane.count[li])
+        exact = float(self.exact_sq[s])
         den = float(acc[0].sum())
         path_length: dict[str, float] = {}
         kappa: dict[str, float] = {}
@@ -474,7 +475,7 @@ class _Run:
             if i == 0:
                 interval[p.id] = (kappa[p.id], kappa[p.id])
             else:
-                interval[p.id] = sp.kappa_interval(acc[i], acc[0])
+                interval[p.id] = sp.kappa_interval(acc[i], acc[0], exact if exact > 0.0 else None)
         best = None
         if plan.grid:
             ks = [(float(acc[i].sum()) / den if den > 0.0 else math.nan, b) for b, i in plan.grid]
@@ -490,7 +491,6 @@ class _Run:
             min_avg_proxy_error=kmin * den / n if n else math.nan,
             avg_proxy_error={pid: v / n if n else math.nan for pid, v in path_length.items()},
         )
-        exact = float(self.exact_sq[s])
         return ScopeResult(
             name=name,
             n_steps=n,

@@ -136,5 +136,13 @@ def test_kappa_interval_and_relative_error() -> None:
     assert (hi - lo) / 2 == pytest.approx(3 * se, rel=1e-9)
     assert lo < num.sum() / den.sum() < hi
     assert math.isnan(sp.kappa_interval(num, np.zeros(100))[0])
+    # A denominator dominated by one direction: the exact norm narrows the interval to the numerator's noise.
+    rng = np.random.default_rng(1)
+    den1 = 50.0 * rng.chisquare(1, 100) + 1.0
+    num1 = rng.normal(1.0, 0.05, 100)
+    wide = sp.kappa_interval(num1, den1)
+    narrow = sp.kappa_interval(num1, den1, exact_den=float(den1.sum()))
+    assert wide[0] <= narrow[0] <= narrow[1] <= wide[1]
+    assert narrow[1] - narrow[0] < 0.5 * (wide[1] - wide[0])
     assert sp.relative_error(den) == 0.0
     assert sp.relative_error(num) == pytest.approx(3 * num.std(ddof=1) * 10 / num.sum(), rel=1e-9)
