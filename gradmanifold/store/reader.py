@@ -23,6 +23,7 @@ from gradmanifold.errors import (
     GradManifoldError,
     NotAStoreError,
     StoreNotFoundError,
+    UsageError,
 )
 from gradmanifold.projection import ProjectionSpec
 from gradmanifold.store.chunk import FLAG_NONFINITE, FLAG_SKIPPED, Chunk
@@ -104,7 +105,12 @@ class StoreReader:
             )
         self.path = root
         self.manifest: Manifest = read_manifest(root)
-        self.spec = ProjectionSpec.from_dict(self.manifest.projection)
+        try:
+            self.spec = ProjectionSpec.from_dict(self.manifest.projection)
+        except UsageError as exc:
+            raise CorruptStoreError(
+                f"{root / MANIFEST_NAME}: the projection spec is invalid ({exc})"
+            ) from None
         self._arrays: dict[str, Any] = {}
         self._steps: np.ndarray | None = None
         #: chunks the last iter_chunks(skip_corrupt=True) left out (in row order)
