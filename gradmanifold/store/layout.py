@@ -75,6 +75,7 @@ def create_arrays(
             dtype=ARRAY_BY_NAME[name].dtype,
             compressors=None,
             fill_value=0,
+            overwrite=True,  # a new store: leftovers of a creation that was killed hold nothing committed
         )
 
 

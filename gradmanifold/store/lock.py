@@ -9,7 +9,7 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,7 +26,8 @@ class LockHolder:
     host: str
     pid: int
     started: str
-    damaged_age: float | None = None  # seconds since an unreadable (empty or damaged) lock file was written
+    # seconds since an unreadable (empty or damaged) lock file was written; not part of the identity
+    damaged_age: float | None = field(default=None, compare=False)
 
     @property
     def is_stale(self) -> bool:

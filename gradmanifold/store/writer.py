@@ -48,7 +48,7 @@ from gradmanifold.store.layout import (
     open_arrays,
     remove_partials,
 )
-from gradmanifold.store.lock import WriterLock
+from gradmanifold.store.lock import LOCK_NAME, WriterLock
 from gradmanifold.store.manifest import (
     MANIFEST_NAME,
     MAX_CHUNK_ROWS,
@@ -136,7 +136,9 @@ class StoreWriter:
         if not exists:
             if resume == "must":
                 raise StoreNotFoundError(f"{self.root} holds no store to resume (resume='must')")
-            if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())):
+            # A folder with a lock is a store being created (or whose creation was killed): the lock decides.
+            locked = (self.root / LOCK_NAME).exists()
+            if self.root.exists() and (not self.root.is_dir() or (any(self.root.iterdir()) and not locked)):
                 raise NotAStoreError(
                     f"{self.root} exists and is not a gradmanifold store; choose a new or empty folder"
                 )
