@@ -122,7 +122,10 @@ def analyze(
     cfg = replace(cfg, **options)
     src, store = _open_source(source)
     plan = _plan(src, cfg)
-    return _Run(src, plan, progress).run(store)
+    from gradmanifold.kernels.stream import one_blas_thread
+
+    with one_blas_thread():  # process-wide while the analysis runs (see one_blas_thread)
+        return _Run(src, plan, progress).run(store)
 
 
 # ---------------------------------------------------------------------------------------------- planning

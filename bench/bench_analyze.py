@@ -1,0 +1,185 @@
+"""`analyze` on a T = 100,000, G = 8, k = 256 store beside reading it and beside the plain numpy approach.
+
+All in one run (this machine is noisy, so only ratios measured together mean anything):
+- read: iterate the store's committed chunks (every array, checksums verified), nothing else;
+- analyze: `gradmanifold.analyze(path)` with default options (5 predictors, 8-beta EMA grid, exact spectrum,
+  nested sub-sketches, intervals) for the model and each group;
+- numpy: what a user would write: load everything, vectorised predictors (scipy lfilter for the EMAs), and
+  `np.linalg.svd(H, compute_uv=False)` per scope (timed once: it is slow);
+- peak memory (max RSS of a fresh process) of analyze at T and at 4T;
+- cold (numba compiling into an empty cache) and warm wall time of the `gradmanifold analyze` command on a
+  sample_logs store (or on a small store made here when there is none).
+
+Stores are written once into the temp folder and reused (GRADMANIFOLD_BENCH_DIR to move them; T, G, k from
+GRADMANIFOLD_BENCH_T / _G / _K).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench._common import best_of, environment, print_table, write_json
+from gradmanifold.analysis import analyze
+from gradmanifold.projection import ProjectionSpec
+from gradmanifold.store import StoreWriter, open_store
+
+T = int(os.environ.get("GRADMANIFOLD_BENCH_T", 100_000))
+G = int(os.environ.get("GRADMANIFOLD_BENCH_G", 8))
+K = int(os.environ.get("GRADMANIFOLD_BENCH_K", 256))
+BASE = Path(os.environ.get("GRADMANIFOLD_BENCH_DIR", Path(tempfile.gettempdir()) / "gradmanifold-bench"))
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_store(t: int, g: int = G, k: int = K) -> Path:
+    """A store of t steps: per group a mean, a slow random walk and noise (float32), written once."""
+    path = BASE / f"analyze-T{t}-G{g}-k{k}.zarr"
+    if path.exists():
+        try:
+            if open_store(path).n_steps == t:
+                return path
+        except Exception:
+            pass
+        import shutil
+
+        shutil.rmtree(path)
+    BASE.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    mu = rng.standard_normal((g, k)).astype(np.float32)
+    walk = np.zeros((g, k), np.float32)
+    block = 4096
+    with StoreWriter(
+        path, ProjectionSpec(k=k, seed=0), groups=[(f"g{i}", 10**6) for i in range(g)], fsync=False
+    ) as w:
+        for a in range(0, t, block):
+            n = min(block, t - a)
+            steps = np.cumsum(0.05 * rng.standard_normal((n, g, k), dtype=np.float32), axis=0) + walk
+            walk = steps[-1]
+            rows = mu + steps + rng.standard_normal((n, g, k), dtype=np.float32)
+            sq = (rows.astype(np.float64) ** 2).sum(axis=2)
+            for i in range(n):
+                w.append(a + i, rows[i], sq[i])
+    return path
+
+
+def read_all(path: Path) -> int:
+    n = 0
+    for chunk in open_store(path).iter_chunks():
+        n += chunk.n
+    return n
+
+
+def numpy_baseline(path: Path) -> None:
+    """Load everything, vectorised predictors, SVD of H per scope: the straightforward approach."""
+    from scipy.signal import lfilter
+
+    proj = np.concatenate([c.proj for c in open_store(path).iter_chunks()])
+    scopes = {"model": proj.sum(axis=1, dtype=np.float64)}
+    for i in range(proj.shape[1]):
+        scopes[f"g{i}"] = proj[:, i].astype(np.float64)
+    for x in scopes.values():
+        den = (x**2).sum()
+        prev = np.vstack([np.zeros((1, x.shape[1])), x[:-1]])
+        prev2 = np.vstack([np.zeros((2, x.shape[1])), x[:-2]])
+        trend = 2 * prev - prev2
+        trend[1] = x[0]
+        kappa = {"last": ((x - prev) ** 2).sum() / den, "trend": ((x - trend) ** 2).sum() / den}
+        for beta in sorted({0.9, 0.99, 0.5, 0.8, 0.95, 0.98, 0.995, 0.999}):
+            e = lfilter([1 - beta], [1, -beta], x, axis=0)
+            m = np.vstack([np.zeros((1, x.shape[1])), e[:-1]])
+            kappa[f"ema:{beta}"] = ((x - m) ** 2).sum() / den
+        s2 = np.linalg.svd(np.diff(x, axis=0), compute_uv=False) ** 2
+        tail = np.concatenate([np.cumsum(s2[::-1])[::-1], [0.0]]) / s2.sum()
+        [int(np.argmax(tail <= e)) for e in (0.5, 0.1, 0.05, 0.01)]
+
+
+def peak_rss_mb(path: Path) -> float:
+    """Peak RSS (MiB, VmHWM: reset by exec, unlike ru_maxrss) of a fresh process that analyzes the store."""
+    code = (
+        "import sys; from gradmanifold.analysis import analyze; analyze(sys.argv[1]); "
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip()) / 1024
+
+
+def cli_times(store: Path) -> dict[str, Any]:
+    """Cold (empty numba cache) and warm wall time of `gradmanifold analyze STORE` as a subprocess."""
+    exe = Path(sys.executable).parent / "gradmanifold"
+    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "gradmanifold"]
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            subprocess.run([*argv, "analyze", str(store)], capture_output=True, check=True, env=env)
+            times.append(time.perf_counter() - t0)
+    return {"store": str(store), "cold_s": times[0], "warm_s": min(times[1:])}
+
+
+def main() -> None:
+    env = environment()
+    print(
+        f"BLAS: {env.get('blas')}  OPENBLAS_CORETYPE={env.get('OPENBLAS_CORETYPE')}  cpus={env.get('cpus')}"
+    )
+    path = make_store(T)
+    analyze(make_store(2000))  # load the cached kernels outside the timing
+    gb = T * G * K * 4 / 1e9
+    read_s = best_of(lambda: read_all(path), repeat=3)
+    analyze_s = best_of(lambda: analyze(path), repeat=3)
+    analyze_1w = best_of(lambda: analyze(path, workers=1), repeat=2)
+    no_grid_s = best_of(lambda: analyze(path, ema_grid=()), repeat=2)
+    t0 = time.perf_counter()
+    numpy_baseline(path)
+    numpy_s = time.perf_counter() - t0
+    rows = [
+        {"what": "read the store", "seconds": read_s, "GB/s proj": gb / read_s, "x read": 1.0},
+        {
+            "what": "analyze (defaults)",
+            "seconds": analyze_s,
+            "GB/s proj": gb / analyze_s,
+            "x read": analyze_s / read_s,
+        },
+        {
+            "what": "analyze, 1 worker",
+            "seconds": analyze_1w,
+            "GB/s proj": gb / analyze_1w,
+            "x read": analyze_1w / read_s,
+        },
+        {
+            "what": "analyze, no EMA grid",
+            "seconds": no_grid_s,
+            "GB/s proj": gb / no_grid_s,
+            "x read": no_grid_s / read_s,
+        },
+        {"what": "numpy baseline", "seconds": numpy_s, "GB/s proj": gb / numpy_s, "x read": numpy_s / read_s},
+    ]
+    print_table(f"analyze T={T} G={G} k={K} ({gb:.2f} GB of projections)", rows)
+    print(
+        f"analyze vs read: {analyze_s / read_s:.2f}x (target <= 1.5x); "
+        f"numpy / analyze: {numpy_s / analyze_s:.1f}x (target >= 5x)"
+    )
+
+    mem_t = peak_rss_mb(path)
+    mem_4t = peak_rss_mb(make_store(4 * T))
+    mem = {"peak_rss_mb_T": mem_t, "peak_rss_mb_4T": mem_4t, "ratio": mem_4t / mem_t}
+    print_table("peak memory of analyze (fresh process, max RSS)", [mem])
+
+    samples = sorted((ROOT / "sample_logs").glob("*.zarr"))
+    cli = cli_times(samples[0] if samples else make_store(2000))
+    print_table("gradmanifold analyze (command, wall time)", [cli])
+    write_json(
+        "analyze",
+        {"T": T, "G": G, "k": K, "rows": rows, "memory": mem, "cli": cli},
+    )
+
+
+if __name__ == "__main__":
+    main()
