@@ -21,7 +21,7 @@ of the numbers `gradmanifold analyze` reports, computed independently of the rec
     x_0 ~ N(0, I). A is diagonal with `classes` distinct eigenvalues log-spaced in [1 / cond, 1] (d / classes
     coordinates each): a transient while the mean path decays (rate 1 - lr lambda per class), then a
     stationary AR(1) regime per coordinate.
-``lqr`` (noise = 0.5, lr = 0.5, replicas = 16)
+``lqr`` (noise = 0.02, lr = 0.5, replicas = 16)
     Policy gradient on a linear-quadratic regulator, the paper's synthetic control task:
     x_{s+1} = A x_s + B u_s, u_s = -K x_s, J(K) = E sum_s (x_s^T Q x_s + u_s^T R u_s), x_0 ~ N(0, I),
     Q = R = I, A random with spectral radius 0.9 (so K_0 = 0 is stabilising), n states and m controls with
@@ -69,7 +69,7 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "random-walk": {},
     "lowrank-drift": {"rank": 8, "revert": 0.05, "noise": 0.0, "decay": 1.0},
     "noisy-quadratic": {"cond": 100.0, "lr": 0.5, "noise": 1.0, "classes": 16},
-    "lqr": {"noise": 0.5, "lr": 0.5, "replicas": 16},
+    "lqr": {"noise": 0.02, "lr": 0.5, "replicas": 16},
 }
 TASKS: tuple[str, ...] = tuple(DEFAULTS)
 
@@ -614,4 +614,15 @@ __all__ = [
     "path_lengths",
     "rank_from_energies",
     "rank_reference",
+    "record_task",
 ]
+
+
+def record_task(task: SyntheticTask, recorder: Any, progress: Any = None) -> int:
+    """Record every step of `task` with `recorder` (one group, "all"); returns the steps recorded."""
+    n = 0
+    for t, g in enumerate(task.gradients()):
+        n += bool(recorder.record(t, g))
+        if progress is not None:
+            progress(t + 1, task.steps)
+    return n
