@@ -15,40 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faultkit import GROUPS, SPEC, assert_clean_prefix, make_row, read_all, spawn
+from faultkit import GROUPS, SPEC, WRITER, assert_clean_prefix, make_row, read_all, spawn
 
 from gradmanifold.store import StoreWriter, open_store
 from gradmanifold.store.verify import verify_store
-
-# A writer that appends forever, flushing and rewinding at random; it reports on stdout a lower bound of
-# what the store must hold from then on: "commit N" after a commit of N rows, "floor N" before a rewind.
-WRITER = """
-    import random, sys
-    from faultkit import GROUPS, SPEC, make_row
-    from gradmanifold.store import StoreWriter, open_store
-    path, seed = sys.argv[1], int(sys.argv[2])
-    rnd = random.Random(seed)
-    try:
-        r = open_store(path)
-        chunks = list(r.iter_chunks())
-        version = int(chunks[-1].sqnorm[-1, 0]) + 1 if chunks else 0
-    except Exception:
-        version = 0
-    w = StoreWriter(path, SPEC, GROUPS, chunk_rows=3, break_lock=True)
-    step = w.n_rows
-    print("ready", flush=True)
-    while True:
-        if step > 3 and rnd.random() < 0.06:
-            back = rnd.randint(max(0, step - 8), step - 1)
-            version += 1
-            print("floor", min(back, w.n_committed), flush=True)
-            step = back
-        w.append(step, *make_row(step, version), loss=float(step))
-        step += 1
-        if rnd.random() < 0.3:
-            w.flush()
-            print("commit", w.n_committed, flush=True)
-"""
 
 
 def _kill_round(path: Path, seed: int, delay: float) -> int:
