@@ -44,7 +44,7 @@ def main() -> None:
     print(
         f"BLAS: {env.get('blas')}  OPENBLAS_CORETYPE={env.get('OPENBLAS_CORETYPE')}  cpus={env.get('cpus')}"
     )
-    max_threads = numba.config.NUMBA_NUM_THREADS
+    max_threads = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
     thread_counts = sorted({1, min(2, max_threads)})
     rows = []
     x = np.random.default_rng(0).standard_normal(D_SPARSE, dtype=np.float32)

@@ -30,9 +30,12 @@ from gradmanifold.projection import (
     project_with_norm,
 )
 
-JIT = not numba.config.DISABLE_JIT
+JIT = not numba.config.DISABLE_JIT  # type: ignore[attr-defined]
 #: fingerprint of ProjectionSpec() pinned: any change of the projection (hash, layout, default s) breaks it
 DEFAULT_FINGERPRINT = "abfc4ce42f864134d5d512936ffeeebc"
+#: fingerprint of GAUSSIAN_SPEC pinned (float32 Box-Muller without libm: the same on every machine)
+GAUSSIAN_SPEC = ProjectionSpec(k=64, seed=3, kind="gaussian")
+GAUSSIAN_FINGERPRINT = "6f5bf12e3f2cfbb4edd075505f8ac4fb"
 
 SPECS = [
     ProjectionSpec(k=16, seed=1, s=1),
@@ -128,6 +131,83 @@ def test_gaussian_kernel_matches_twin(n: int, base: int, k: int, dtype: type, se
     assert abs(got[-1] - want[-1]) <= 1e-12 * want[-1] + 1e-300
 
 
+_EDGE_U32 = np.array(
+    [0, 1, 2, 2**24, 2**24 + 1, 2**29 - 1, 2**29, 2**30, 2**31 - 1, 2**31, 0xB504F333, 0xB504F334,
+     3 * 2**30, 2**32 - 129, 2**32 - 128, 2**32 - 2, 2**32 - 1],
+    dtype=np.uint64,
+).astype(np.uint32)  # fmt: skip
+
+
+def _uniform_pairs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n random uint32 pairs, then all pairs of edge values (quadrant, binade, sqrt 2, 0, 2**32 - 1)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
+    b = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
+    e = _EDGE_U32
+    return np.concatenate([a, np.repeat(e, e.size)]), np.concatenate([b, np.tile(e, e.size)])
+
+
+def test_box_muller32_kernel_equals_twin_bit_for_bit() -> None:
+    a, b = _uniform_pairs(1 << 16 if JIT else 1 << 9, 0)
+    got, want = K.box_muller32_kernel(a, b), K.box_muller32(a, b)
+    assert got[0].dtype == want[0].dtype == np.float32
+    assert got[0].tobytes() == want[0].tobytes() and got[1].tobytes() == want[1].tobytes()
+
+
+@given(
+    kg=st.integers(0, 2**64 - 1),
+    k=st.integers(1, 40),
+    j0=st.one_of(st.integers(0, 300), st.integers(0, 2**40)),
+    n=st.integers(0, 20),
+)
+def test_gaussian_normals_kernel_equals_twin_bit_for_bit(kg: int, k: int, j0: int, n: int) -> None:
+    got = K.gaussian_normals(kg, k, j0, n)
+    want = K.gaussian_normals_numpy(kg, k, j0 + np.arange(n))
+    assert got.shape == want.shape == (n, k) and got.dtype == want.dtype == np.float32
+    assert got.tobytes() == want.tobytes()
+
+
+def test_box_muller32_accuracy() -> None:
+    """Within BOX_MULLER32_TOLERANCE * max(1, radius) of exact (float64 libm) Box-Muller of the same u, v."""
+    a, b = _uniform_pairs(1 << 20, 1)
+    zc, zs = K.box_muller32(a, b)
+    u = (a + 0.5) * 2.0**-32
+    ang = 2 * np.pi * ((b + 0.5) * 2.0**-32)
+    rad = np.sqrt(-2 * np.log(u))
+    dev = np.maximum(np.abs(zc - rad * np.cos(ang)), np.abs(zs - rad * np.sin(ang))) / np.maximum(1.0, rad)
+    assert dev.max() <= K.BOX_MULLER32_TOLERANCE
+    assert dev.max() > 1e-8  # float32 results: the comparison is not vacuous
+    assert np.abs(np.hypot(zc, zs)).max() <= np.sqrt(66 * np.log(2)) + 1e-5  # 32-bit uniforms: rad <= 6.76
+    assert np.float32(np.sqrt(2)).view(np.uint32) & 0x7FFFFF == K._BM_SQRT2_MANT  # the m split at sqrt 2
+
+
+def test_gaussian_entries_are_standard_normal() -> None:
+    """2**22 entries (fixed key: deterministic) against N(0, 1): each band is about 5 standard errors wide."""
+    n_coords, k = 1 << 14, 256
+    z = K.gaussian_normals(0x600D, k, 12345, n_coords) if JIT else None
+    if z is None:  # without the JIT: the twin (equal bit for bit, tested above)
+        z = K.gaussian_normals_numpy(0x600D, k, 12345 + np.arange(n_coords))
+    z = z.astype(np.float64).ravel()
+    n = z.size
+    mean, var = z.mean(), z.var()
+    d = z - mean
+    skew, kurt = (d**3).mean() / var**1.5, (d**4).mean() / var**2
+    assert abs(mean) <= 5 * np.sqrt(1 / n)
+    assert abs(var - 1) <= 5 * np.sqrt(2 / n)
+    assert abs(skew) <= 5 * np.sqrt(6 / n)
+    assert abs(kurt - 3) <= 5 * np.sqrt(24 / n)
+    for c, p in ((1.0, 0.31731050786291415), (2.0, 0.04550026389635842), (3.0, 0.0026997960632601866)):
+        frac = float(np.mean(np.abs(z) > c))  # two-sided tail of N(0, 1) beyond c
+        assert abs(frac - p) <= 5 * np.sqrt(p * (1 - p) / n), (c, frac, p)
+
+
+def test_gaussian_moment_check_has_teeth() -> None:
+    """Variance-1 uniforms pass the second moment but fail the kurtosis band of the test above."""
+    z = (np.random.default_rng(0).random(1 << 22) - 0.5) * np.sqrt(12)
+    assert abs(z.var() - 1) <= 5 * np.sqrt(2 / z.size)
+    assert abs((z**4).mean() / z.var() ** 2 - 3) > 5 * np.sqrt(24 / z.size)
+
+
 def test_kernel_spans_many_superblocks() -> None:
     """Inputs longer than a round of super-blocks, starting mid-super-block, against the twin."""
     m, s = 4, 2
@@ -202,6 +282,7 @@ def test_second_moment_rejects_broken_sketches() -> None:
 
 def test_fingerprint_pinned_and_sensitive() -> None:
     assert fingerprint(ProjectionSpec()) == DEFAULT_FINGERPRINT
+    assert fingerprint(GAUSSIAN_SPEC) == GAUSSIAN_FINGERPRINT
     base = ProjectionSpec(k=64)
     variants = [base, ProjectionSpec(k=64, seed=1), ProjectionSpec(k=32), ProjectionSpec(k=64, s=4)]
     variants += [ProjectionSpec(k=64, kind="gaussian")]
@@ -240,7 +321,7 @@ def test_bits_independent_of_thread_count() -> None:
             results.append([project_with_norm(x, ProjectionSpec(k=32), "t", 17)])
             results[-1].append(project_with_norm(x[:9000], ProjectionSpec(k=8, kind="gaussian"), "t", 17))
         finally:
-            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
     for (z1, q1), (z2, q2) in zip(*results, strict=True):
         assert z1.tobytes() == z2.tobytes() and q1 == q2
 
@@ -254,7 +335,7 @@ def test_dtypes_and_layouts_give_the_same_bits(spec: ProjectionSpec) -> None:
     x16 = _vec(3 * 4000, 2, np.float16).reshape(3, 4000)
     x32 = x16.astype(np.float32)
     want = project_with_norm(x32, spec, "g", 5)
-    for x in (x16, x32.astype(np.float64), np.asfortranarray(x32), x32.T.copy().T, memoryview(x32)):
+    for x in (x16, x32.astype(np.float64), np.asfortranarray(x32), x32.T.copy().T, memoryview(x32)):  # type: ignore[arg-type]
         z, q = project_with_norm(x, spec, "g", 5)
         assert z.tobytes() == want[0].tobytes() and q == want[1]
     strided = np.zeros((3, 8000), np.float32)[:, ::2]
@@ -327,6 +408,22 @@ def test_torch_path_matches_numba(spec: ProjectionSpec) -> None:
     z, q = _project_torch(t, spec, _keys(spec.seed, "blk", spec.s), 999)
     assert np.abs(z - want_z).max() <= 7 * _tol(x)
     assert abs(q - want_q) <= 1e-12 * want_q
+
+
+@pytest.mark.torch
+def test_torch_gaussian_normals_equal_kernel_bit_for_bit() -> None:
+    """The torch transform (the one used on devices), run on CPU torch, gives the kernel's float32 bits."""
+    torch = pytest.importorskip("torch")
+    from gradmanifold.projection import _t_box_muller32, _t_gaussian_normals
+
+    a, b = _uniform_pairs(1 << 16, 2)
+    zc, zs = _t_box_muller32(torch.from_numpy(a.astype(np.int64)), torch.from_numpy(b.astype(np.int64)))
+    want = K.box_muller32(a, b)
+    assert zc.numpy().tobytes() == want[0].tobytes() and zs.numpy().tobytes() == want[1].tobytes()
+    for k in (1, 8, 9, 130):
+        kg = _keys(7, "t", 1).kgauss
+        got = _t_gaussian_normals(2**33 + 5, 64, k, kg, torch.device("cpu")).numpy()
+        assert got.tobytes() == K.gaussian_normals(kg, k, 2**33 + 5, 64).tobytes()
 
 
 @pytest.mark.torch

@@ -10,9 +10,10 @@ norm (float64 squares of the raw values). Splitting the input at global multiple
 
 Reproducibility: work is split into fixed super-blocks anchored at global indices; each super-block's
 partial is computed by one thread in a fixed order and the partials are added into `total` in index order,
-so the bits do not depend on the thread count. No fastmath: the summation order is the one written here.
-The integer hash (splitmix64) is exact on every machine; `gaussian` also calls log/cos/sin/sqrt from the
-platform's libm, which may differ in the last bit between C libraries.
+so the bits do not depend on the thread count. No fastmath: the summation order is the one written here,
+and no multiply-add is fused. Everything is exact integer arithmetic (the splitmix64 hash) or IEEE-754
+basic operations (+, -, *, /, sqrt, int <-> float conversions, round to nearest even), with no call into
+the platform's libm, so the bits are the same on every machine; see `box_muller32` for the gaussian entries.
 """
 
 from __future__ import annotations
@@ -33,15 +34,15 @@ _S31 = U64(31)
 _S32 = U64(32)
 _ONE = U64(1)
 _LOW32 = U64(0xFFFFFFFF)
-_TWO_M32 = 2.0**-32
-_TWO_PI = 2.0 * math.pi
 
 #: coordinates per sign word: one 64-bit hash gives the signs of 64 consecutive local indices
 SIGN_WORD = 64
 #: super-block of the sparse kernel holds about this many coordinates (a whole number of blocks of m)
 SPARSE_SUPERBLOCK_TARGET = 1 << 16
-#: super-block of the gaussian kernel (coordinates); each costs k hash + Box-Muller evaluations
+#: super-block of the gaussian kernel (coordinates); each costs k / 2 hashes and Box-Muller pairs
 GAUSSIAN_SUPERBLOCK = 1 << 10
+#: coordinates whose k normals are generated into a buffer before they are multiplied in (see _gaussian_range)
+GAUSSIAN_TILE = 8
 #: super-blocks whose partials are held at once (bounds memory to ROUND * (k + 1) float64)
 _ROUND = 64
 
@@ -146,25 +147,164 @@ def _sparse_accumulate(x, base, m, kshift, ksign, total):  # type: ignore[no-unt
     return
 
 
-@numba.njit(cache=True)
+# ---------------------------------------------------------------------------------------------------------
+# gaussian entries: Box-Muller in float32 arithmetic with polynomials in place of libm (box_muller32)
+
+F32 = np.float32
+U32 = np.uint32
+I32 = np.int32
+_LN2 = 0.6931471805599453  # float64 nearest to ln 2, written out so that no libm is consulted at import
+_BM_HALF = F32(0.5)
+_BM_ONE = F32(1.0)
+_BM_TWO33 = F32(2.0**33)
+_BM_MANT = U32(0x7FFFFF)
+_BM_ONE_BITS = U32(0x3F800000)  # exponent bits of 1.0f
+_BM_SQRT2_MANT = U32(0x3504F3)  # mantissa bits of float32(sqrt 2) = 0x3FB504F3
+_BM_SH23 = U32(23)
+_BM_SH30 = U32(30)
+_BM_EXP_BIAS = I32(127 + 32)  # float32 exponent bias, and the 2**-32 of u
+_BM_KE = F32(-2.0 * _LN2)
+# -2 ln m = -4 atanh(f) = f * (-4) * (1 + s/3 + s^2/5 + s^3/7 + s^4/9), s = f^2 <= 0.0295
+_BM_Q0, _BM_Q1, _BM_Q2, _BM_Q3, _BM_Q4 = (F32(-4.0 / (2 * i + 1)) for i in range(5))
+# sin phi = phi + phi^3 (S1 + t S2 + t^2 S3 + t^3 S4), cos phi = 1 + t (C1 + ... + t^3 C4), t = phi^2: Taylor
+_BM_S1, _BM_S2, _BM_S3, _BM_S4 = (F32((-1) ** (i + 1) / math.factorial(2 * i + 3)) for i in range(4))
+_BM_C1, _BM_C2, _BM_C3, _BM_C4 = (F32((-1) ** (i + 1) / math.factorial(2 * i + 2)) for i in range(4))
+_BM_EIGHTH = U32(1 << 29)  # 1/8 turn in units of 2**-32 turns
+_BM_M30 = U32((1 << 30) - 1)
+_BM_PHI = F32(math.pi * 2.0**-31)  # radians per 2**-32 turn (pi is a constant, not a libm call)
+#: bound on |box_muller32(a, b) - exact Box-Muller of the same uniforms| / max(1, radius); measured 2.2e-7
+BOX_MULLER32_TOLERANCE = 1e-6
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _box_muller32(a, b):  # type: ignore[no-untyped-def]
+    """Two standard normals from two uint32: see box_muller32 (its numpy twin) for the construction."""
+    # radius: u = (a + 1/2) 2**-32 = 2**e m, m in [sqrt(1/2), sqrt 2); rad^2 = -2 ln u = -2 e ln 2 - 4 atanh f
+    v = F32(a) + _BM_HALF
+    bits = U32(np.float32(v).view(np.uint32))
+    mb = U32(bits & _BM_MANT)
+    big = mb > _BM_SQRT2_MANT
+    e = I32(bits >> _BM_SH23) - _BM_EXP_BIAS + I32(big)
+    m = U32(U32(mb | _BM_ONE_BITS) - U32(U32(big) << _BM_SH23)).view(np.float32)
+    w = F32(U32(~a)) + _BM_HALF  # (1 - u) 2**32, exact in integers: used where u > sqrt(1/2) (e == 0)
+    top = e == 0
+    num = -w if top else m - _BM_ONE
+    den = _BM_TWO33 - w if top else m + _BM_ONE
+    f = num / den
+    s = f * f
+    q = (((_BM_Q4 * s + _BM_Q3) * s + _BM_Q2) * s + _BM_Q1) * s + _BM_Q0
+    rad = np.sqrt(F32(e) * _BM_KE + f * q)
+    # angle: 2 pi (b + 1/2) 2**-32 = quadrant * pi/2 + phi, phi in (-pi/4, pi/4)
+    y = U32(b + _BM_EIGHTH)
+    quad = U32(y >> _BM_SH30)
+    phi = (F32(I32(U32(y & _BM_M30)) - I32(1 << 29)) + _BM_HALF) * _BM_PHI
+    t = phi * phi
+    sn = phi + (phi * t) * (((_BM_S4 * t + _BM_S3) * t + _BM_S2) * t + _BM_S1)
+    cs = _BM_ONE + t * (((_BM_C4 * t + _BM_C3) * t + _BM_C2) * t + _BM_C1)
+    odd = (quad & U32(1)) != U32(0)
+    zc = rad * (sn if odd else cs)
+    zs = rad * (cs if odd else sn)
+    zc = -zc if U32(quad - U32(1)) < U32(2) else zc  # quadrants 1 and 2
+    zs = -zs if quad >= U32(2) else zs
+    return zc, zs
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _gaussian_row(kg, j, kp, ha, hb, row):  # type: ignore[no-untyped-def]
+    """row[:2 kp] = the normals of global coordinate j; entries 0 .. k - 1 are its column (kp = ceil(k/2)).
+
+    Pair p = 0 .. kp - 1 comes from hash(kg, j * kp + p): its cosine part is row[p], its sine part
+    row[kp + p] (past k - 1 for the last pair when k is odd: computed, never used). Hashing and the
+    transform are separate loops (through the uint32 buffers ha, hb) so that the transform vectorizes on
+    32-bit lanes.
+    """
+    ctr0 = j * kp
+    for p in range(kp):
+        h = _hash(kg, ctr0 + p)
+        ha[p] = U32(h >> _S32)
+        hb[p] = U32(h & _LOW32)
+    for p in range(kp):
+        zc, zs = _box_muller32(ha[p], hb[p])
+        row[p] = zc
+        row[kp + p] = zs
+
+
+@numba.njit(cache=True, error_model="numpy")
 def _gaussian_range(x, base, lo, hi, kg, k, out):  # type: ignore[no-untyped-def]
-    """Add sum_j x[j] * N(j, :) over global j in [lo, hi) into out[:k] of normals; ||x||^2 to out[k]."""
+    """Add sum_j x[j] * N(j, :) over global j in [lo, hi) into out[:k] of normals; ||x||^2 to out[k].
+
+    The normals of GAUSSIAN_TILE (= 8) coordinates go to a float32 buffer, then one pass over the k outputs
+    adds their 8 products in coordinate order: out[r] = (((out[r] + x_j N_jr) + x_j+1 N_j+1,r) + ...), the
+    same additions, in the same order, as one coordinate at a time (so tiles and super-blocks do not change
+    the bits). Products of float32 values are exact in float64; only the additions round.
+    """
     kp = (k + 1) // 2
+    tile = np.empty((GAUSSIAN_TILE, 2 * kp), np.float32)
+    ha = np.empty(kp, np.uint32)
+    hb = np.empty(kp, np.uint32)
     sq = 0.0
-    for j in range(lo, hi):
-        xj = np.float64(x[j - base])
-        sq += xj * xj
-        ctr0 = j * kp
-        for p in range(kp):
-            h = _hash(kg, ctr0 + p)
-            u1 = (np.float64(h >> _S32) + 0.5) * _TWO_M32
-            u2 = (np.float64(h & _LOW32) + 0.5) * _TWO_M32
-            rad = math.sqrt(-2.0 * math.log(u1))
-            ang = _TWO_PI * u2
-            out[2 * p] += xj * (rad * math.cos(ang))
-            if 2 * p + 1 < k:
-                out[2 * p + 1] += xj * (rad * math.sin(ang))
+    for j0 in range(lo, hi, GAUSSIAN_TILE):
+        nb = min(GAUSSIAN_TILE, hi - j0)
+        for t in range(nb):
+            _gaussian_row(kg, j0 + t, kp, ha, hb, tile[t])
+        i0 = j0 - base
+        if nb == 8:  # GAUSSIAN_TILE, unrolled: the hot path
+            x0 = np.float64(x[i0])
+            x1 = np.float64(x[i0 + 1])
+            x2 = np.float64(x[i0 + 2])
+            x3 = np.float64(x[i0 + 3])
+            x4 = np.float64(x[i0 + 4])
+            x5 = np.float64(x[i0 + 5])
+            x6 = np.float64(x[i0 + 6])
+            x7 = np.float64(x[i0 + 7])
+            sq += x0 * x0
+            sq += x1 * x1
+            sq += x2 * x2
+            sq += x3 * x3
+            sq += x4 * x4
+            sq += x5 * x5
+            sq += x6 * x6
+            sq += x7 * x7
+            n0, n1, n2, n3 = tile[0], tile[1], tile[2], tile[3]
+            n4, n5, n6, n7 = tile[4], tile[5], tile[6], tile[7]
+            for r in range(k):
+                acc = out[r]
+                acc += x0 * np.float64(n0[r])
+                acc += x1 * np.float64(n1[r])
+                acc += x2 * np.float64(n2[r])
+                acc += x3 * np.float64(n3[r])
+                acc += x4 * np.float64(n4[r])
+                acc += x5 * np.float64(n5[r])
+                acc += x6 * np.float64(n6[r])
+                acc += x7 * np.float64(n7[r])
+                out[r] = acc
+        else:
+            for t in range(nb):
+                xt = np.float64(x[i0 + t])
+                sq += xt * xt
+                nt = tile[t]
+                for r in range(k):
+                    out[r] += xt * np.float64(nt[r])
     out[k] += sq
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _gaussian_normals(kg, k, j0, n):  # type: ignore[no-untyped-def]
+    kp = (k + 1) // 2
+    z = np.empty((n, 2 * kp), np.float32)
+    ha = np.empty(kp, np.uint32)
+    hb = np.empty(kp, np.uint32)
+    for t in range(n):
+        _gaussian_row(kg, j0 + t, kp, ha, hb, z[t])
+    return z[:, :k].copy()
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _box_muller32_array(a, b, zc, zs):  # type: ignore[no-untyped-def]
+    for i in range(a.size):
+        c, s = _box_muller32(a[i], b[i])
+        zc[i] = c
+        zs[i] = s
 
 
 @numba.njit(cache=True, parallel=True)
@@ -201,9 +341,26 @@ def sparse_accumulate(
 
 
 def gaussian_accumulate(x: np.ndarray, base: int, kg: int, k: int, total: np.ndarray) -> None:
-    """Dense gaussian kernel, entries regenerated from counters (Box-Muller)."""
+    """Dense gaussian kernel, entries regenerated from counters (box_muller32 of hashed counters)."""
     with np.errstate(over="ignore"):
         _gaussian_accumulate(x, np.int64(base), U64(kg), np.int64(k), total)
+
+
+def gaussian_normals(kg: int, k: int, j0: int, n: int) -> np.ndarray:
+    """float32[n, k]: the normals of global coordinates j0 .. j0 + n - 1, as the kernel computes them."""
+    with np.errstate(over="ignore"):
+        z: np.ndarray = _gaussian_normals(U64(kg), np.int64(k), np.int64(j0), np.int64(n))
+    return z
+
+
+def box_muller32_kernel(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's transform on uint32 arrays (for tests against box_muller32)."""
+    a = np.ascontiguousarray(a, dtype=np.uint32)
+    b = np.ascontiguousarray(b, dtype=np.uint32)
+    zc, zs = np.empty(a.size, np.float32), np.empty(a.size, np.float32)
+    with np.errstate(over="ignore"):
+        _box_muller32_array(a, b, zc, zs)
+    return zc, zs
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -244,24 +401,64 @@ def sparse_accumulate_numpy(
     total[k] += float(np.dot(xd, xd))
 
 
+def box_muller32(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two float32 standard normals from two uint32 uniforms: Box-Muller without libm (twin and spec).
+
+    With u = (a + 1/2) 2**-32 and v = (b + 1/2) 2**-32 in (0, 1), exact Box-Muller is
+    rad = sqrt(-2 ln u), (zc, zs) = rad (cos 2 pi v, sin 2 pi v). Here, in float32 basic operations only:
+
+    - ln u = e ln 2 + ln m, with u = 2**e m, m in [sqrt(1/2), sqrt 2) taken from the bits of float32(a + 1/2),
+      and ln m = 2 atanh f, f = (m - 1) / (m + 1) (|f| <= 0.172), by its series to f**9 (relative truncation
+      error < 3e-9). Where u > sqrt(1/2) (e = 0), f = -w / (2**33 - w) with w = (2**32 - 1 - a) + 1/2, so
+      1 - u is exact and rad keeps its relative accuracy as u -> 1.
+    - 2 pi v = quadrant * pi/2 + phi with the quadrant and phi in (-pi/4, pi/4) cut from b in integers;
+      sin phi and cos phi by their Taylor series to phi**9 and phi**8 (truncation error < 3e-8).
+
+    Accuracy: |result - exact Box-Muller of the same u, v| <= BOX_MULLER32_TOLERANCE * max(1, rad); measured
+    max 2.2e-7 * max(1, rad) (7e-7 absolute, at rad ~ 5) over 2**24 hashed pairs and the edge values, about
+    three float32 roundings. The 32-bit uniforms bound rad by sqrt(66 ln 2) = 6.76 (P(rad > 6.76) = 2**-33
+    for exact normals). No intermediate is subnormal, so flush-to-zero modes do not change the bits.
+    """
+    a = np.asarray(a, dtype=np.uint32)
+    b = np.asarray(b, dtype=np.uint32)
+    v = a.astype(np.float32) + _BM_HALF
+    bits = v.view(np.uint32)
+    mb = bits & _BM_MANT
+    big = mb > _BM_SQRT2_MANT
+    e = (bits >> _BM_SH23).astype(np.int32) - _BM_EXP_BIAS + big.astype(np.int32)
+    m = ((mb | _BM_ONE_BITS) - (big.astype(np.uint32) << _BM_SH23)).view(np.float32)
+    w = (~a).astype(np.float32) + _BM_HALF
+    top = e == 0
+    f = np.where(top, -w, m - _BM_ONE) / np.where(top, _BM_TWO33 - w, m + _BM_ONE)
+    s = f * f
+    q = (((_BM_Q4 * s + _BM_Q3) * s + _BM_Q2) * s + _BM_Q1) * s + _BM_Q0
+    rad = np.sqrt(e.astype(np.float32) * _BM_KE + f * q)
+    y = b + _BM_EIGHTH  # wraps modulo 2**32
+    quad = y >> _BM_SH30
+    phi = (((y & _BM_M30).astype(np.int32) - I32(1 << 29)).astype(np.float32) + _BM_HALF) * _BM_PHI
+    t = phi * phi
+    sn = phi + (phi * t) * (((_BM_S4 * t + _BM_S3) * t + _BM_S2) * t + _BM_S1)
+    cs = _BM_ONE + t * (((_BM_C4 * t + _BM_C3) * t + _BM_C2) * t + _BM_C1)
+    odd = (quad & U32(1)) != 0
+    zc = rad * np.where(odd, sn, cs)
+    zs = rad * np.where(odd, cs, sn)
+    zc = np.where((quad == 1) | (quad == 2), -zc, zc)
+    zs = np.where(quad >= 2, -zs, zs)
+    return zc, zs
+
+
 def gaussian_normals_numpy(kg: int, k: int, j: np.ndarray) -> np.ndarray:
-    """Standard normal matrix N[len(j), k] of global coordinates j (Box-Muller of hashed counters)."""
+    """Standard normal matrix float32[len(j), k] of global coordinates j (box_muller32 of hashed counters)."""
     kp = (k + 1) // 2
     ctr = np.asarray(j, dtype=np.int64)[:, None] * kp + np.arange(kp, dtype=np.int64)[None, :]
     h = hash_numpy(kg, ctr)
-    u1 = ((h >> _S32).astype(np.float64) + 0.5) * _TWO_M32
-    u2 = ((h & _LOW32).astype(np.float64) + 0.5) * _TWO_M32
-    rad = np.sqrt(-2.0 * np.log(u1))
-    ang = _TWO_PI * u2
-    z = np.empty((len(ctr), 2 * kp))
-    z[:, 0::2] = rad * np.cos(ang)
-    z[:, 1::2] = rad * np.sin(ang)
-    return z[:, :k]
+    zc, zs = box_muller32((h >> _S32).astype(np.uint32), (h & _LOW32).astype(np.uint32))
+    return np.concatenate([zc, zs[:, : k - kp]], axis=1)
 
 
 def gaussian_accumulate_numpy(x: np.ndarray, base: int, kg: int, k: int, total: np.ndarray) -> None:
     """Twin of gaussian_accumulate: materialize N for the (small) input and multiply."""
     xd = np.asarray(x, dtype=np.float64)
     j = base + np.arange(x.size, dtype=np.int64)
-    total[:k] += xd @ gaussian_normals_numpy(kg, k, j)
+    total[:k] += xd @ gaussian_normals_numpy(kg, k, j).astype(np.float64)
     total[k] += float(np.dot(xd, xd))
