@@ -97,12 +97,15 @@ def test_chunk_size_invariance(chunk_rows: int, seed: int) -> None:
     other = analyze(_source(d, chunk_rows), burn_in=3, window=40)
     for name, sc in base.scopes.items():
         o = other.scopes[name]
-        for p in PREDICTORS:
-            assert sc.path_length[p] == o.path_length[p]  # per-coordinate sums in row order: identical
+        for p in PREDICTORS:  # per-coordinate sums in row order: identical with the compiled kernel
+            assert _close(sc.path_length[p], o.path_length[p], 1e-12)
         assert _close(sc.rank.frobenius_sq, o.rank.frobenius_sq, 1e-12)
         np.testing.assert_allclose(sc.rank.tail, o.rank.tail, rtol=1e-12, atol=1e-13)
         assert sc.rank.r_star == o.rank.r_star
-    assert [w.scopes["model"].kappa for w in base.windows] == [w.scopes["model"].kappa for w in other.windows]
+    for wa, wb in zip(base.windows, other.windows, strict=True):
+        for p in PREDICTORS:
+            assert _close(wa.scopes["model"].kappa[p] or 0.0, wb.scopes["model"].kappa[p] or 0.0, 1e-12)
+        assert wa.scopes["model"].r_star == wb.scopes["model"].r_star
 
 
 def test_windows_match_reference_and_add_up() -> None:

@@ -170,3 +170,10 @@ def predict_block_numpy(
         for i in range(max(0, m - 3), m):
             hist[s, (ns0 + i) % 3] = x[i]
         nseen[s] = ns0 + m
+
+
+def default_kernel() -> object:
+    """The compiled kernel, or its numpy twin under NUMBA_DISABLE_JIT (the kernel would crawl in Python)."""
+    from numba import config
+
+    return predict_block_numpy if getattr(config, "DISABLE_JIT", False) else predict_block

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from gradmanifold.kernels.gram import ExactGram, NystromSketch
-from gradmanifold.kernels.predict import predict_block
+from gradmanifold.kernels.predict import default_kernel
 
 Accumulator = ExactGram | NystromSketch
 Segment = tuple[int, int, bool]  # rows [a, b) of a chunk; close the window after them
@@ -57,7 +57,7 @@ class Lane:
         seed: int,
         levels: Sequence[int],
         cap: int,
-        kernel: object = predict_block,
+        kernel: object = None,
     ) -> None:
         n = len(scope_ids)
         n_pred = len(kinds)
@@ -65,7 +65,7 @@ class Lane:
         self.members = np.array([g for grp in scope_groups for g in grp], dtype=np.int64)
         self.offsets = np.cumsum([0] + [len(grp) for grp in scope_groups]).astype(np.int64)
         self.kinds, self.betas, self.k, self.cap = kinds, betas, k, cap
-        self.kernel = kernel
+        self.kernel = kernel or default_kernel()
         self.hist = np.zeros((n, 3, k))
         self.nseen = np.zeros(n, np.int64)
         self.ema = np.zeros((n, n_pred, k))
