@@ -108,9 +108,8 @@ def _render_repair(r: dict[str, Any]) -> str:
         return f"{r['path']}: nothing to repair ({r['rows_after']} committed rows, all sound)\n"
     lines = [f"{r['path']}:"]
     if r["rebuilt_metadata"]:
-        lines.append(
-            f"  {verb} rebuild array metadata of {', '.join(r['rebuilt_metadata'])} from the manifest"
-        )
+        arrays = ", ".join("the group" if a == "." else a for a in r["rebuilt_metadata"])
+        lines.append(f"  {verb} rebuild the array metadata (zarr.json) of {arrays} from the manifest")
     if r["rows_after"] != r["rows_before"]:
         ds = r["dropped_steps"]
         steps = f" (steps {'?' if ds[0] is None else ds[0]}..{ds[1]})" if ds else ""

@@ -79,13 +79,17 @@ def create_arrays(
         )
 
 
+def open_group(root: Path) -> zarr.Group:
+    """Open the store's zarr group read-only (checks the group metadata)."""
+    return zarr.open_group(store=LocalStore(root, read_only=True), mode="r", zarr_format=3)
+
+
 def open_arrays(root: Path, names: tuple[str, ...], writable: bool) -> dict[str, zarr.Array]:
-    """Open the named arrays of the store at root."""
+    """Open the named arrays of the store at root, each on its own (damage to one spares the others)."""
     store = LocalStore(root, read_only=not writable)
-    group = zarr.open_group(store=store, mode="r+" if writable else "r", zarr_format=3)
     out: dict[str, zarr.Array] = {}
     for name in names:
-        arr = group[name]
+        arr = zarr.open_array(store=store, path=name, mode="r+" if writable else "r", zarr_format=3)
         if not isinstance(arr, zarr.Array):
             raise TypeError(f"{name!r} is a {type(arr).__name__}, not an array")
         # Write every chunk, also an all-zero one (zarr would leave no file): a committed chunk always has

@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 
 from gradmanifold.store.chunk import FLAG_NONFINITE, FLAG_SKIPPED
-from gradmanifold.store.layout import ARRAY_BY_NAME, array_shape, leftover_temp_files, open_arrays
+from gradmanifold.store.layout import (
+    ARRAY_BY_NAME,
+    array_shape,
+    leftover_temp_files,
+    open_arrays,
+    open_group,
+)
 from gradmanifold.store.lock import read_holder
 from gradmanifold.store.manifest import BASE_ARRAYS, Manifest
 from gradmanifold.store.reader import ChunkDamagedError, StoreReader
@@ -230,16 +236,15 @@ def _check_metadata(root: Path, m: Manifest, names: tuple[str, ...], problems: l
     damaged: list[str] = []
     g, k, c = len(m.groups), m.k, m.chunk_rows
     try:
-        open_arrays(root, (), writable=False)
+        open_group(root)
     except Exception as exc:
-        problems.append(Problem(f"{root}: the zarr group metadata (zarr.json) is unusable ({_brief(exc)})"))
+        problems.append(Problem(f"the zarr group metadata (zarr.json) is unusable ({_brief(exc)})"))
         damaged.append(".")
-        return damaged + list(names)
     for name in names:
         try:
             arr = open_arrays(root, (name,), writable=False)[name]
         except Exception as exc:
-            problems.append(Problem(f"{root}: array {name!r} cannot be opened ({_brief(exc)})", name))
+            problems.append(Problem(f"array {name!r} cannot be opened ({_brief(exc)})", name))
             damaged.append(name)
             continue
         want_chunks = array_shape(name, c, g, k)
@@ -252,7 +257,7 @@ def _check_metadata(root: Path, m: Manifest, names: tuple[str, ...], problems: l
         if tuple(arr.shape[1:]) != want_chunks[1:] or arr.shape[0] < m.n_rows:
             issues.append(f"shape {tuple(arr.shape)} does not hold {m.n_rows} rows of {want_chunks[1:]}")
         if issues:
-            problems.append(Problem(f"{root}: array {name!r} metadata: {'; '.join(issues)}", name))
+            problems.append(Problem(f"array {name!r} metadata: {'; '.join(issues)}", name))
             damaged.append(name)
     return damaged
 
