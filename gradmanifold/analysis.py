@@ -144,7 +144,8 @@ class _Plan:
     hi: int
     count_lo: int  # first counted row (lo + burn_in)
     sel: tuple[int, ...]  # selected group indices (store order)
-    scope_names: tuple[str, ...]
+    scope_names: tuple[str, ...]  # computed scopes: "model", then the groups (only "model" for one group)
+    alias: str | None  # a single selected group: its scope is the model's, computed once
     members: np.ndarray
     offsets: np.ndarray
     workers: int
@@ -244,7 +245,7 @@ def _plan(src: ChunkSource, cfg: AnalysisConfig) -> _Plan:
             + (", or widen --start/--stop" if where == "the step range" else "")
             + ")"
         )
-    scope_members = [list(sel)] + [[g] for g in sel]
+    scope_members = [list(sel)] + ([[g] for g in sel] if len(sel) > 1 else [])
     offsets = np.cumsum([0] + [len(m) for m in scope_members]).astype(np.int64)
     members = np.array([g for m in scope_members for g in m], dtype=np.int64)
     return _Plan(
@@ -259,7 +260,8 @@ def _plan(src: ChunkSource, cfg: AnalysisConfig) -> _Plan:
         hi=hi,
         count_lo=lo + burn,
         sel=sel,
-        scope_names=("model", *(names[g] for g in sel)),
+        scope_names=("model", *(names[g] for g in sel)) if len(sel) > 1 else ("model",),
+        alias=names[sel[0]] if len(sel) == 1 else None,
         members=members,
         offsets=offsets,
         workers=int(cfg.workers) if cfg.workers else (os.cpu_count() or 1),
@@ -363,12 +365,14 @@ class _Run:
         bad = chunk.flags[:, sel] != 0
         valid = np.empty((n, self.n_scopes), dtype=np.bool_)
         valid[:, 0] = ~bad.any(axis=1)
-        valid[:, 1:] = ~bad
+        if self.n_scopes > 1:
+            valid[:, 1:] = ~bad
         counted = np.arange(r0, r0 + n) >= plan.count_lo
         cv = valid & counted[:, None]
         sq = np.asarray(chunk.sqnorm, dtype=np.float64)[:, sel]
         self.exact_sq[0] += float(sq.sum(axis=1)[cv[:, 0]].sum())
-        self.exact_sq[1:] += np.where(cv[:, 1:], sq, 0.0).sum(axis=0)
+        if self.n_scopes > 1:
+            self.exact_sq[1:] += np.where(cv[:, 1:], sq, 0.0).sum(axis=0)
         self.excluded += (counted[:, None] & ~valid).sum(axis=0)
         segments = []
         a = 0
@@ -399,6 +403,8 @@ class _Run:
     def _result(self, store: StoreSummary) -> AnalysisResult:
         plan, cfg = self.plan, self.plan.cfg
         scopes = {name: self._scope(s, name) for s, name in enumerate(plan.scope_names)}
+        if plan.alias is not None:
+            scopes[plan.alias] = replace(scopes["model"], name=plan.alias)
         warnings: list[str] = []
         for name, sc in scopes.items():
             nested = sc.rank.nested
@@ -431,7 +437,7 @@ class _Run:
             start_step=cfg.start_step,
             stop_step=cfg.stop_step,
             burn_in=int(cfg.burn_in),
-            groups=plan.scope_names[1:],
+            groups=tuple(self.src.group_names[g] for g in plan.sel),
             first_step=self.first_step if self.first_step is not None else 0,
             last_step=self.last_step,
             n_rows=plan.hi - plan.lo,
@@ -458,6 +464,8 @@ class _Run:
                     for e in plan.eps
                 }
                 scopes[name] = WindowScope(n_steps=st.n_steps, kappa=kappa, r_star=r_star)
+            if plan.alias is not None:
+                scopes[plan.alias] = scopes["model"]
             out.append(WindowResult(index=w, start_step=first, end_step=last, n_rows=rows, scopes=scopes))
         return tuple(out)
 

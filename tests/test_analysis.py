@@ -366,3 +366,16 @@ def test_projected_versus_exact_through_the_recorder(tmp_path: Path) -> None:
         # the analysis says so (r* still grows from k/2 to k).
         assert sc.rank.r_star["0.01"] < ref.r_star(s2, 0.01)
         assert "0.01" in sc.rank.nested.moving and not sc.rank.nested.k_enough
+
+
+def test_one_group_is_the_model() -> None:
+    d = _data(8, t=90, g=3, k=8, flag_rate=0.05)
+    alone = analyze(_source(d), groups=("g1",), window=40)
+    assert list(alone.scopes) == ["model", "g1"]
+    assert alone.scopes["g1"].kappa == alone.model.kappa
+    assert alone.scopes["g1"].name == "g1" and alone.model.name == "model"
+    assert alone.windows[0].scopes["g1"] == alone.windows[0].scopes["model"]
+    full = analyze(_source(d), window=40)
+    for p in PREDICTORS:
+        assert _close(alone.model.kappa[p], full.scopes["g1"].kappa[p], 1e-12)
+    assert alone.model.excluded_steps == full.scopes["g1"].excluded_steps
