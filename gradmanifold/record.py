@@ -337,7 +337,9 @@ class Recorder:
             present[gi] += 1
         flags = np.zeros(n_groups, np.uint8)
         flags[present == 0] |= FLAG_SKIPPED
-        nonfinite = ~np.isfinite(sqnorm) | ~np.isfinite(proj).all(axis=1)
+        # A projection beyond float32's range would be stored as inf: flag it like a non-finite gradient.
+        f32_max = float(np.finfo(np.float32).max)
+        nonfinite = ~np.isfinite(sqnorm) | ~(np.abs(proj) <= f32_max).all(axis=1)
         flags[nonfinite] |= FLAG_NONFINITE
         proj[nonfinite] = 0.0
         return proj.astype(np.float32), sqnorm, flags
