@@ -11,7 +11,8 @@ Formats (the same set of names in every file of a run):
     .npz           one array per tensor, keyed by name (np.savez(path, **{"fc1.weight": g, ...}))
     .pt / .pth     a tensor or a (nested) dict name -> tensor, read with torch.load(weights_only=True);
                    entries that are not tensors are left out (needs torch)
-    .safetensors   name -> tensor (needs the safetensors package; bfloat16 also needs torch)
+    .safetensors   name -> tensor, taken in name order (the format keeps no insertion order; needs the
+                   safetensors package, and torch for bfloat16)
 A single file given as the source holds a whole run: a .npy of shape [T, ...] (row t is step t) or a .npz of
 arrays [T, ...], one per tensor, with an optional int array "step" [T] giving the steps.
 
@@ -146,7 +147,7 @@ def read_dump(path: str | os.PathLike[str]) -> dict[str, Any]:
         if ext == ".npy":
             out: dict[str, Any] = {SINGLE: np.load(p, allow_pickle=False)}
         elif ext == ".npz":
-            with np.load(p, allow_pickle=False) as z:
+            with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as z:  # own handle: closed on a bad zip
                 out = {name: z[name] for name in z.files}
         elif ext in (".pt", ".pth"):
             out = _read_torch(p)
@@ -201,11 +202,12 @@ def _read_safetensors(p: Path) -> dict[str, Any]:
             f"{p}: reading .safetensors needs the safetensors package (pip install safetensors)"
         ) from None
     try:
-        return dict(load_file(p))
+        data = load_file(p)
     except TypeError:  # bfloat16 has no numpy dtype: read through torch
         from safetensors.torch import load_file as load_torch
 
-        return dict(load_torch(p))
+        data = load_torch(p)
+    return {name: data[name] for name in sorted(data)}  # the file keeps no insertion order: take name order
 
 
 def read_stacked(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
