@@ -202,7 +202,7 @@ def _read_safetensors(p: Path) -> dict[str, Any]:
             f"{p}: reading .safetensors needs the safetensors package (pip install safetensors)"
         ) from None
     try:
-        data = load_file(p)
+        data: Mapping[str, Any] = load_file(p)
     except TypeError:  # bfloat16 has no numpy dtype: read through torch
         from safetensors.torch import load_file as load_torch
 

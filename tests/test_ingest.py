@@ -1,4 +1,4 @@
-"""Ingest: every dump format, file-name steps, stacked files, follow mode beside a writer, bad files by name."""
+"""Ingest: every dump format, file-name steps, stacked files, follow beside a writer, bad files by name."""
 
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ def test_stacked_files(tmp_path: Path) -> None:
     data = np.random.default_rng(0).standard_normal((12, 30)).astype(np.float32)
     np.save(tmp_path / "run.npy", data)
     assert ingest(tmp_path / "run.npy", opts(tmp_path / "a.zarr")).steps_recorded == 12
-    steps, proj, names = rows(tmp_path / "a.zarr")
+    steps, _, names = rows(tmp_path / "a.zarr")
     np.testing.assert_array_equal(steps, np.arange(12))
     np.savez(tmp_path / "run.npz", enc=data, head=data[:, :5], step=np.arange(0, 120, 10))
     ingest(tmp_path / "run.npz", opts(tmp_path / "b.zarr"))
@@ -203,7 +203,8 @@ WRITER = textwrap.dedent(
     folder, n = sys.argv[1], int(sys.argv[2])
     for s in range(n):
         rng = np.random.default_rng(s)
-        g = {"enc.weight": rng.standard_normal((4, 3)).astype(np.float32), "head.bias": rng.standard_normal(5)}
+        g = {"enc.weight": rng.standard_normal((4, 3)).astype(np.float32)}
+        g["head.bias"] = rng.standard_normal(5)
         if s % 2:  # half written in place, slowly, in two parts (the follower must wait for the whole file)
             path = os.path.join(folder, f"step_{s:05d}.npz")
             tmp = path + ".tmp.npz"
