@@ -316,6 +316,7 @@ class _Run:
                 plan.cfg.seed,
                 self.levels,
                 cap,
+                windowed=plan.cfg.window is not None,
             )
             for ids in split_scopes(costs, n_lanes)
         ]

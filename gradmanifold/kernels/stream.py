@@ -57,6 +57,7 @@ class Lane:
         seed: int,
         levels: Sequence[int],
         cap: int,
+        windowed: bool = True,
         kernel: object = None,
     ) -> None:
         n = len(scope_ids)
@@ -81,7 +82,8 @@ class Lane:
             return ExactGram(kk) if method == "exact" else NystromSketch(kk, sketch_rank, seed)
 
         self.main = [make(k) for _ in range(n)]
-        self.win = [make(k) for _ in range(n)]
+        # Without windows the open window is the whole run: accumulate into the totals directly.
+        self.win = [make(k) for _ in range(n)] if windowed else self.main
         # A sketch gives only its own spectrum: sketched runs keep one per nested level (exact ones take the
         # leading blocks of the full Gram instead).
         subs = levels[:-1] if method != "exact" else ()
@@ -147,9 +149,10 @@ class Lane:
                 eigs = w.eigenvalues() if w.n_rows else None
                 stats.append(WindowStats(int(self.wcount[i]), wsum[i].copy(), eigs, w.frobenius_sq))
             self.windows.append(stats)
-        for i in range(len(self.ids)):
-            self.main[i] += self.win[i]  # type: ignore[operator]
-            self.win[i].reset()
+        if self.win is not self.main:
+            for i in range(len(self.ids)):
+                self.main[i] += self.win[i]  # type: ignore[operator]
+                self.win[i].reset()
         self.acc += self.wacc
         self.count += self.wcount
         self.wacc[:] = 0.0
