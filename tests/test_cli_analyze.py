@@ -265,3 +265,22 @@ def test_subprocess(store: Path, argv: list[str], tmp_path: Path) -> None:
     )
     assert chk.returncode == 1
     assert chk.stdout.startswith("FAIL: model.kappa.last")
+
+
+def test_progress_bar_only_on_a_terminal_and_after_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradmanifold.cli import analyze as cli_analyze
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    quiet = cli_analyze.ProgressBar()
+    quiet(5, 10)
+    assert quiet.bar is None
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    bar = cli_analyze.ProgressBar()
+    bar(5, 10)
+    assert bar.bar is None  # not before a second has passed
+    bar.t0 -= 2.0
+    bar(6, 10)
+    assert bar.bar is not None
+    bar(10, 10)
+    bar.close()
+    assert bar.bar is None
