@@ -18,7 +18,7 @@ PredictorsOpt = Annotated[
         "--predictors",
         "-p",
         help="Predictors, comma-separated or repeated: zero, last, trend, ema:<beta>. "
-        "[default: zero,last,ema:0.9,ema:0.99,trend]",
+        "Default: zero,last,ema:0.9,ema:0.99,trend.",
         show_default=False,
     ),
 ]
@@ -27,7 +27,7 @@ EmaGridOpt = Annotated[
     typer.Option(
         "--ema-grid",
         help="EMA betas searched for the best one, comma-separated. "
-        "[default: 0.5,0.8,0.9,0.95,0.98,0.99,0.995,0.999]",
+        "Default: 0.5,0.8,0.9,0.95,0.98,0.99,0.995,0.999.",
         show_default=False,
     ),
 ]
@@ -35,7 +35,7 @@ EpsOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--eps",
-        help="Energy left out by r*(eps), each in (0, 1). [default: 0.5,0.1,0.05,0.01]",
+        help="Energy left out by r*(eps), each in (0, 1). Default: 0.5,0.1,0.05,0.01.",
         show_default=False,
     ),
 ]
