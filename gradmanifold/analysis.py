@@ -407,7 +407,7 @@ class _Run:
         if plan.alias is not None:
             scopes[plan.alias] = replace(scopes["model"], name=plan.alias)
         warnings: list[str] = []
-        for name, sc in scopes.items():
+        for name, sc in ((n, scopes[n]) for n in plan.scope_names):  # an alias repeats the model
             nested = sc.rank.nested
             if not nested.k_enough:
                 ks = ",".join(str(kk) for kk in nested.ks)
