@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gradmanifold.errors import CorruptStoreError, NotAStoreError, SchemaVersionError, StoreNotFoundError
+from gradmanifold.store.lock import LOCK_NAME
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA = "gradmanifold.store"
@@ -356,6 +357,36 @@ def _check_text(text: str, where: str) -> None:
 
 def _is_crc(text: str) -> bool:
     return len(text) == 8 and all(c in "0123456789abcdef" for c in text)
+
+
+@dataclass(frozen=True)
+class PathState:
+    """What is at a store path: nothing, a file, a folder (empty or not), with or without a manifest."""
+
+    exists: bool
+    is_dir: bool
+    empty: bool
+    has_manifest: bool
+    has_lock: bool
+
+
+def probe(root: Path) -> PathState:
+    """Look at `root` without raising OSError: a name too long, a loop, a parent that cannot be searched
+    become StoreNotFoundError (or StorePermissionError), each with the reason."""
+    try:
+        if not root.exists():
+            return PathState(False, False, True, False, False)
+        if not root.is_dir():
+            return PathState(True, False, False, False, False)
+        names = {p.name for p in root.iterdir()}
+        has_manifest = MANIFEST_NAME in names and (root / MANIFEST_NAME).is_file()
+        return PathState(True, True, not names, has_manifest, LOCK_NAME in names)
+    except PermissionError as exc:
+        raise StorePermissionError(
+            f"{root}: cannot look at it ({exc.strerror}); check the permissions of it and its parents"
+        ) from None
+    except OSError as exc:
+        raise StoreNotFoundError(f"{root}: not a usable path ({exc.strerror or exc})") from None
 
 
 def read_manifest(root: Path) -> Manifest:

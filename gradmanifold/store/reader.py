@@ -29,7 +29,7 @@ from gradmanifold.projection import ProjectionSpec
 from gradmanifold.store.chunk import FLAG_NONFINITE, FLAG_SKIPPED, Chunk
 from gradmanifold.store.layout import checksum, chunk_file, open_arrays
 from gradmanifold.store.lock import read_holder
-from gradmanifold.store.manifest import BASE_ARRAYS, MANIFEST_NAME, Manifest, read_manifest
+from gradmanifold.store.manifest import BASE_ARRAYS, MANIFEST_NAME, Manifest, probe, read_manifest
 
 # Re-reads of a chunk whose checksum fails, each after re-reading the manifest (seconds to wait before each).
 RETRY_DELAYS = (0.0, 0.05)
@@ -96,9 +96,10 @@ class StoreReader:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         root = Path(path)
-        if not root.exists():
+        state = probe(root)
+        if not state.exists:
             raise StoreNotFoundError(f"{root} does not exist; record a run first (gradmanifold record)")
-        if not root.is_dir() or not (root / MANIFEST_NAME).is_file():
+        if not state.has_manifest:
             raise NotAStoreError(
                 f"{root} is not a gradmanifold store (no {MANIFEST_NAME}); "
                 "point at a folder written by gradmanifold record or Recorder"

@@ -48,7 +48,7 @@ from gradmanifold.store.layout import (
     open_arrays,
     remove_partials,
 )
-from gradmanifold.store.lock import LOCK_NAME, WriterLock
+from gradmanifold.store.lock import WriterLock
 from gradmanifold.store.manifest import (
     MANIFEST_NAME,
     MAX_CHUNK_ROWS,
@@ -56,6 +56,7 @@ from gradmanifold.store.manifest import (
     GroupInfo,
     Manifest,
     Segment,
+    probe,
     publish_manifest,
     read_manifest,
 )
@@ -81,7 +82,7 @@ def _missing_parents(path: Path) -> list[Path]:
     """The folders from `path` up that do not exist yet, deepest first."""
     out = []
     p = path.absolute()
-    while not p.exists() and p != p.parent:
+    while not os.path.lexists(p) and p != p.parent:
         out.append(p)
         p = p.parent
     return out
@@ -130,15 +131,15 @@ class StoreWriter:
         bad_opt = [o for o in optional if o not in OPTIONAL_ROWS]
         if bad_opt:
             raise InputError(f"unknown optional rows {bad_opt}; choose from {list(OPTIONAL_ROWS)}")
-        exists = (self.root / MANIFEST_NAME).exists()
+        state = probe(self.root)
+        exists = state.has_manifest
         if exists and resume == "never":
             raise StoreExistsError(f"{self.root} already holds a store and resume='never'; choose a new path")
         if not exists:
             if resume == "must":
                 raise StoreNotFoundError(f"{self.root} holds no store to resume (resume='must')")
             # A folder with a lock is a store being created (or whose creation was killed): the lock decides.
-            locked = (self.root / LOCK_NAME).exists()
-            if self.root.exists() and (not self.root.is_dir() or (any(self.root.iterdir()) and not locked)):
+            if state.exists and (not state.is_dir or (not state.empty and not state.has_lock)):
                 raise NotAStoreError(
                     f"{self.root} exists and is not a gradmanifold store; choose a new or empty folder"
                 )
