@@ -122,10 +122,11 @@ def analyze(
     cfg = replace(cfg, **options)
     src, store = _open_source(source)
     plan = _plan(src, cfg)
-    from gradmanifold.kernels.stream import one_blas_thread
+    from gradmanifold.kernels.stream import blas_threads
 
-    with one_blas_thread():  # process-wide while the analysis runs (see one_blas_thread)
-        return _Run(src, plan, progress).run(store)
+    run = _Run(src, plan, progress)
+    with blas_threads((os.cpu_count() or 1) // len(run.lanes)):  # process-wide while the analysis runs
+        return run.run(store)
 
 
 # ---------------------------------------------------------------------------------------------- planning

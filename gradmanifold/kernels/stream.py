@@ -220,18 +220,20 @@ def drive(lanes: Sequence[Lane], work: Iterator[Work], report: bool, depth: int 
 
 
 @contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """Limit BLAS to one thread (the analysis runs one lane per core), when threadpoolctl is installed.
+def blas_threads(n: int) -> Iterator[None]:
+    """Limit BLAS to n threads while the lanes run, when threadpoolctl is installed.
 
-    Measured on a busy 2-core machine: a 256 x 256 eigvalsh takes ~6 ms on one BLAS thread and 350 ms on
-    two, and the Gram products of two lanes lose half their speed to BLAS threads fighting over the cores.
+    The analysis runs one lane per core and gives each lane's BLAS calls the cores left to it (one, as soon
+    as there are as many lanes as cores). Measured on a busy 2-core machine: the Gram products of two lanes
+    lose half their speed to BLAS threads fighting over the cores, and a 256 x 256 eigvalsh (LAPACK evd)
+    takes 6 ms on one thread and 350 ms on two.
     """
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # BLAS keeps its own threads: correct, slower on a busy machine
         yield
         return
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=max(1, n), user_api="blas"):
         yield
 
 
