@@ -22,6 +22,8 @@ Recording (in the pre-hook: gradients are final, the update is not applied yet):
   through handlers installed at the first step (main thread only) that commit and then chain to the handler
   that was there before (the default action re-raised, KeyboardInterrupt for SIGINT). A signal that lands
   while a step is being recorded is handled right after that step.
+- Start-up: once torch.optim is imported, a background thread imports the recorder and the store and loads
+  the projection kernels, while the job builds its model and data, so the first step does not wait for them.
 - Never stops the job: an error while recording prints one line on stderr, commits what was recorded and
   turns recording off for the rest of the run.
 """
@@ -162,6 +164,7 @@ class _State:
 
     def attach(self, module: ModuleType) -> None:
         module.register_optimizer_step_pre_hook(self.pre_step)
+        threading.Thread(target=_warm_up, name="gradmanifold-warm-up", daemon=True).start()
 
     def pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self.off:
@@ -224,6 +227,22 @@ class _State:
         elif prev == signal.SIG_DFL:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
+
+
+def _warm_up() -> None:
+    """Import the recorder and the store and load the projection kernels while the job sets itself up, so
+    that the first optimizer step does not pay for them (about a second on a small machine)."""
+    try:
+        import numpy as np
+
+        import gradmanifold.record
+        import gradmanifold.store  # noqa: F401  (zarr)
+        from gradmanifold.projection import ProjectionSpec, project_with_norm
+
+        for dtype in (np.float32, np.float64):
+            project_with_norm(np.ones(4, dtype), ProjectionSpec(k=8), "warm-up")
+    except Exception:  # the first step will report the problem, in the main thread
+        pass
 
 
 def _store_path(out: str, index: int) -> str:
