@@ -389,6 +389,12 @@ def probe(root: Path) -> PathState:
         raise StoreNotFoundError(f"{root}: not a usable path ({exc.strerror or exc})") from None
 
 
+DAMAGED_MANIFEST_FIX = (
+    "the manifest is damaged and the store cannot be read without it: restore manifest.json from a copy "
+    "(`gradmanifold repair` keeps the one it replaces in its backup folder)"
+)
+
+
 def read_manifest(root: Path) -> Manifest:
     """Load and validate root/manifest.json."""
     path = root / MANIFEST_NAME
@@ -408,12 +414,17 @@ def read_manifest(root: Path) -> Manifest:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise CorruptStoreError(f"{path}: manifest is not UTF-8 text") from None
+        raise CorruptStoreError(f"{path}: manifest is not UTF-8 text; {DAMAGED_MANIFEST_FIX}") from None
     try:
         raw = json.loads(text)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, or an integer with too many digits
-        raise CorruptStoreError(f"{path}: manifest is not valid JSON ({exc.__class__.__name__})") from None
-    return Manifest.from_dict(raw, where=str(path))
+        raise CorruptStoreError(
+            f"{path}: manifest is not valid JSON ({exc.__class__.__name__}); {DAMAGED_MANIFEST_FIX}"
+        ) from None
+    try:
+        return Manifest.from_dict(raw, where=str(path))
+    except CorruptStoreError as exc:
+        raise CorruptStoreError(f"{exc}; {DAMAGED_MANIFEST_FIX}") from None
 
 
 def publish_manifest(root: Path, manifest: Manifest, fsync: bool = True) -> None:

@@ -368,7 +368,7 @@ class StoreReader:
         se = self._steps_of(index)
         steps = f", steps {se[0]}..{se[1]}" if se else ", steps unknown: its step chunk is damaged too"
         return ChunkDamagedError(
-            f"{self.path}: chunk {index} of '{name}' (rows {lo}..{hi - 1}{steps}) is {why}; "
+            f"{self.path}: chunk {index} of '{name}' (rows {lo}..{hi - 1}{steps}) is damaged ({why}); "
             "run `gradmanifold verify` to list every bad chunk, `gradmanifold repair` to drop a damaged tail",
             chunk=index,
             array=name,

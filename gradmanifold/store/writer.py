@@ -288,7 +288,10 @@ class StoreWriter:
                 if a.size != b.size:
                     problems.append(f"group {a.name!r} size: store has {a.size}, writer has {b.size}")
         if problems:
-            raise SpecMismatchError(f"cannot append to {self.root}: " + "; ".join(problems))
+            raise SpecMismatchError(
+                f"cannot append to {self.root}: " + "; ".join(problems) + "; a store holds one projection "
+                "of one set of groups: resume with the store's settings, or record to a new store"
+            )
         removed = remove_partials(self.root)
         segments = tuple(s.with_(status="interrupted") if s.status == "open" else s for s in m.segments)
         if removed:
@@ -317,8 +320,8 @@ class StoreWriter:
                 why = "" if checksum(data) == m.checksums[name][index] else "checksum mismatch"
             if why or data is None:
                 raise CorruptStoreError(
-                    f"{self.root}: chunk {index} of {name!r} (rows {lo}..{hi - 1}) is {why}, so the writer "
-                    "cannot append after it; run `gradmanifold verify` to list the damage and "
+                    f"{self.root}: chunk {index} of {name!r} (rows {lo}..{hi - 1}) is damaged ({why}), so "
+                    "the writer cannot append after it; run `gradmanifold verify` to list the damage and "
                     "`gradmanifold repair` to drop the damaged tail"
                 )
             out[name] = data
