@@ -29,17 +29,13 @@ from bench._common import print_table, write_json
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_logs"
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
-JOBS = {
-    "mlp_digits_adamw": [
-        str(SAMPLES / "train_digits.py"),
-        "--model",
-        "mlp",
-        "--opt",
-        "adamw",
-        "--steps",
-        "800",
-    ],
-    "char_transformer": [str(SAMPLES / "train_chars.py"), "--steps", "60"],
+MLP = [str(SAMPLES / "train_digits.py"), "--model", "mlp", "--opt", "adamw", "--steps", "800"]
+CHARS = [str(SAMPLES / "train_chars.py"), "--steps", "60"]
+# name -> (job, extra `record` options)
+JOBS: dict[str, tuple[list[str], list[str]]] = {
+    "mlp_digits_adamw": (MLP, []),
+    "mlp_digits_adamw every 10": (MLP, ["--every", "10"]),
+    "char_transformer": (CHARS, []),
 }
 
 

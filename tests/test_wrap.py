@@ -216,3 +216,41 @@ def test_parameter_names_follow_module_paths_and_drop_wrapper_prefixes() -> None
     params = [(0, i, p) for i, p in enumerate(net.parameters())] + [(1, 0, other.weight), (1, 1, loose)]
     names = [n for n, _ in name_parameters(params, [wrapped, other])]
     assert names == ["0.weight", "0.bias", "2.weight", "2.bias", "Linear.weight", "param_groups.1.1"]
+
+
+FORKING = textwrap.dedent(
+    """
+    import os, sys
+    import torch
+    out = sys.argv[1]
+    m = torch.nn.Linear(3, 2)
+    o = torch.optim.SGD(m.parameters(), lr=0.1)
+    def step():
+        o.zero_grad(); m(torch.ones(4, 3)).sum().backward(); o.step()
+    for _ in range(3):
+        step()
+    pid = os.fork()
+    if pid == 0:  # a forked worker that exits through sys.exit (atexit runs here)
+        sys.exit(0)
+    os.waitpid(pid, 0)
+    print("lock held after the child exited:", os.path.exists(os.path.join(out, ".gradmanifold.lock")))
+    for _ in range(2):
+        step()
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_commits_or_unlocks_the_parents_store(tmp_path: Path) -> None:
+    out = tmp_path / "run.zarr"
+    (tmp_path / "forking.py").write_text(FORKING)
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "forking.py"), str(out)],
+        env=child_env(RecordOptions(out=str(out), k=4)),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "lock held after the child exited: True" in done.stdout, done.stderr
+    assert steps_of(out) == [0, 1, 2, 3, 4]
+    assert [s.status for s in open_store(out).manifest.segments] == ["closed"]

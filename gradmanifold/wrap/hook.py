@@ -24,6 +24,8 @@ Recording (in the pre-hook: gradients are final, the update is not applied yet):
   while a step is being recorded is handled right after that step.
 - Start-up: once torch.optim is imported, a background thread imports the recorder and the store and loads
   the projection kernels, while the job builds its model and data, so the first step does not wait for them.
+- Forked children (DataLoader workers) inherit the hook and the handlers but record nothing and never commit
+  or unlock the parent's store.
 - Never stops the job: an error while recording prints one line on stderr, commits what was recorded and
   turns recording off for the rest of the run.
 """
@@ -161,6 +163,20 @@ class _State:
         self.pending: list[tuple[int, FrameType | None]] = []
         self.previous: dict[int, Any] = {}
         self.all: list[_OptimizerRecorder] = []
+        self.pid = os.getpid()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self.forked)
+
+    def forked(self) -> None:
+        """In a forked child (a DataLoader worker): record nothing, and never commit or unlock the parent's
+        store, neither at exit nor on a signal."""
+        self.off = True
+        for rec in self.all:
+            recorder, rec.recorder = rec.recorder, None
+            if recorder is not None:
+                # The Recorder's exit hook would commit and unlock the parent's store from this process:
+                # mark this copy closed (the Recorder has no fork guard of its own).
+                recorder._closed = True
 
     def attach(self, module: ModuleType) -> None:
         module.register_optimizer_step_pre_hook(self.pre_step)
@@ -214,6 +230,9 @@ class _State:
             rec.close(status)
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self.pid:  # a forked child inherited the handler: not its store
+            self._chain(signum, frame)
+            return
         if self.busy:
             self.pending.append((signum, frame))
             return
@@ -221,6 +240,9 @@ class _State:
             self.close_all("interrupted")  # a later step (the job caught the signal) reopens and appends
         except Exception as exc:
             print(f"gradmanifold: could not commit the store: {exc}", file=sys.stderr)
+        self._chain(signum, frame)
+
+    def _chain(self, signum: int, frame: FrameType | None) -> None:
         prev = self.previous.get(signum, signal.SIG_DFL)
         if callable(prev):
             prev(signum, frame)
