@@ -14,6 +14,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -571,7 +572,9 @@ class StoreWriter:
     def _write_error(self, exc: OSError, what: str, need: int) -> StoreWriteError:
         """What happened (file, bytes), why (the OS error), what is safe, and how to go on."""
         m = self._manifest
-        where = f" at {exc.filename}" if exc.filename else ""
+        # Name the file being written (not the temp name zarr and the manifest write it under first).
+        target = re.sub(r"\.[0-9a-f]{32}\.partial$", "", str(exc.filename)) if exc.filename else ""
+        where = f" at {target}" if target else ""
         kept = f"{m.n_rows} rows up to step {m.last_step}" if m.n_rows else "no rows yet"
         hint = {
             errno.ENOSPC: "free space on that disk",
