@@ -32,7 +32,8 @@ from gradmanifold.store.lock import read_holder
 from gradmanifold.store.manifest import BASE_ARRAYS, MANIFEST_NAME, Manifest, probe, read_manifest
 
 # Re-reads of a chunk whose checksum fails, each after re-reading the manifest (seconds to wait before each).
-RETRY_DELAYS = (0.0, 0.05)
+# Chunk files and the manifest are replaced by atomic renames, so one re-read settles it on a local disk.
+RETRY_DELAYS = (0.0,)
 
 
 class StoreChangedError(GradManifoldError, RuntimeError):
