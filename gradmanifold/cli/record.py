@@ -74,8 +74,9 @@ def record(
 ) -> None:
     """Record projected gradients into a store, from a wrapped job, from dump files, or a synthetic task.
 
-    Wrap (no code changes): gradmanifold record --out run.zarr -- python train.py ARGS. Every optimizer step
-    is recorded; the child's exit code is passed through.
+    Wrap a job (no code changes): gradmanifold record --out run.zarr -- python train.py ARGS
+
+    Every optimizer step is recorded; the job's exit code is passed through. See docs/RECORD.md.
     """
     from gradmanifold.wrap.options import RecordOptions
 
