@@ -98,6 +98,22 @@ def open_arrays(root: Path, names: tuple[str, ...], writable: bool) -> dict[str,
     return out
 
 
+def array_issues(
+    arr: zarr.Array, name: str, n_groups: int, k: int, chunk_rows: int, n_rows: int
+) -> list[str]:
+    """How array `name` disagrees with what the manifest says it holds (empty when it agrees)."""
+    want_chunks = array_shape(name, chunk_rows, n_groups, k)
+    want_dtype = np.dtype(ARRAY_BY_NAME[name].dtype)
+    issues = []
+    if np.dtype(arr.dtype) != want_dtype:
+        issues.append(f"dtype {arr.dtype}, expected {want_dtype}")
+    if tuple(arr.chunks) != want_chunks:
+        issues.append(f"chunks {tuple(arr.chunks)}, expected {want_chunks}")
+    if tuple(arr.shape[1:]) != want_chunks[1:] or arr.shape[0] < n_rows:
+        issues.append(f"shape {tuple(arr.shape)} does not hold {n_rows} rows of {want_chunks[1:]}")
+    return issues
+
+
 def chunk_file(root: Path, name: str, chunk: int) -> Path:
     """Path of one chunk file under zarr v3's default chunk key encoding ('c/' and '/' separators)."""
     tail = ("0", "0") if name == "proj" else (("0",) if ARRAY_BY_NAME[name].per_group else ())

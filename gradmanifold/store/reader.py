@@ -27,7 +27,7 @@ from gradmanifold.errors import (
 )
 from gradmanifold.projection import ProjectionSpec
 from gradmanifold.store.chunk import FLAG_NONFINITE, FLAG_SKIPPED, Chunk
-from gradmanifold.store.layout import checksum, chunk_file, open_arrays
+from gradmanifold.store.layout import array_issues, checksum, chunk_file, open_arrays
 from gradmanifold.store.lock import read_holder
 from gradmanifold.store.manifest import BASE_ARRAYS, MANIFEST_NAME, Manifest, probe, read_manifest
 
@@ -290,6 +290,13 @@ class StoreReader:
                     f"{self.path}: array {name!r} cannot be opened ({type(exc).__name__}: {_brief(exc)}); "
                     "its metadata (zarr.json) is damaged or missing; `gradmanifold repair` rebuilds it"
                 ) from None
+            m = self.manifest
+            issues = array_issues(arr, name, len(m.groups), m.k, m.chunk_rows, m.n_rows)
+            if issues:
+                raise CorruptStoreError(
+                    f"{self.path}: array {name!r} disagrees with the manifest ({'; '.join(issues)}); one of "
+                    "them is damaged: run `gradmanifold verify`"
+                )
             self._arrays[name] = arr
         return arr
 

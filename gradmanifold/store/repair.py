@@ -123,10 +123,17 @@ def _plan_and_apply(
             backup = _new_backup_folder(root, backup_dir)
             rebuilt = _rebuild_metadata(root, m, report.damaged_metadata, backup)
             report = verify_store(root)
-            if report.damaged_metadata:
+            # The manifest's checksums judge the rebuild: when the rebuilt arrays' chunks do not verify,
+            # the metadata was not the damaged part (the manifest may be): put the old files back.
+            failed = sorted(
+                {p.array for p in report.problems if p.array in rebuilt} | set(report.damaged_metadata)
+            )
+            if failed:
+                _restore_metadata(root, rebuilt, backup)
                 raise CorruptStoreError(
-                    f"{root}: array metadata of {list(report.damaged_metadata)} is still unusable after "
-                    f"rebuilding it from the manifest; the old files are in {backup}"
+                    f"{root}: the array metadata of {', '.join(failed)} disagrees with the manifest, and "
+                    "rebuilding it from the manifest does not make the chunks verify, so the manifest may be "
+                    "the damaged part; repair changed nothing (inspect manifest.json, restore it from a copy)"
                 )
     try:
         keep, reasons = _rows_to_keep(root, m, report, drop_sound_tail)
@@ -339,6 +346,18 @@ def _rebuild_metadata(root: Path, m: Manifest, damaged: tuple[str, ...], backup:
             tmp_file.write_text(json.dumps(meta, indent=2), encoding="utf-8")
             os.replace(tmp_file, old)
     return files
+
+
+def _restore_metadata(root: Path, rebuilt: list[str], backup: Path) -> None:
+    """Undo _rebuild_metadata: put back the backed-up zarr.json files (remove the ones that did not exist)."""
+    for name in rebuilt:
+        rel = Path("zarr.json") if name == "." else Path(name) / "zarr.json"
+        saved = backup / rel
+        if saved.exists():
+            shutil.copy2(saved, root / rel)
+        else:
+            (root / rel).unlink(missing_ok=True)
+    shutil.rmtree(backup, ignore_errors=True)
 
 
 def _fsync_tree(folder: Path) -> None:

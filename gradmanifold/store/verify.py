@@ -17,8 +17,7 @@ import numpy as np
 
 from gradmanifold.store.chunk import FLAG_NONFINITE, FLAG_SKIPPED
 from gradmanifold.store.layout import (
-    ARRAY_BY_NAME,
-    array_shape,
+    array_issues,
     leftover_temp_files,
     open_arrays,
     open_group,
@@ -247,17 +246,9 @@ def _check_metadata(root: Path, m: Manifest, names: tuple[str, ...], problems: l
             problems.append(Problem(f"array {name!r} cannot be opened ({_brief(exc)})", name))
             damaged.append(name)
             continue
-        want_chunks = array_shape(name, c, g, k)
-        want_dtype = np.dtype(ARRAY_BY_NAME[name].dtype)
-        issues = []
-        if np.dtype(arr.dtype) != want_dtype:
-            issues.append(f"dtype {arr.dtype}, expected {want_dtype}")
-        if tuple(arr.chunks) != want_chunks:
-            issues.append(f"chunks {tuple(arr.chunks)}, expected {want_chunks}")
-        if tuple(arr.shape[1:]) != want_chunks[1:] or arr.shape[0] < m.n_rows:
-            issues.append(f"shape {tuple(arr.shape)} does not hold {m.n_rows} rows of {want_chunks[1:]}")
+        issues = array_issues(arr, name, g, k, c, m.n_rows)
         if issues:
-            problems.append(Problem(f"array {name!r} metadata: {'; '.join(issues)}", name))
+            problems.append(Problem(f"array {name!r} disagrees with the manifest: {'; '.join(issues)}", name))
             damaged.append(name)
     return damaged
 

@@ -26,6 +26,13 @@ ROOT = Path(__file__).resolve().parents[2]
 FAULTS = Path(__file__).resolve().parent
 
 
+def examples(factor: float) -> int:
+    """Hypothesis examples for a test: `factor` times the active profile's count (ci profile: more)."""
+    from hypothesis import settings
+
+    return max(1, int(factor * settings().max_examples))
+
+
 def make_row(step: int, version: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([version, step])
     proj = rng.standard_normal((2, 8)).astype(np.float32)

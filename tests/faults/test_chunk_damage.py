@@ -260,3 +260,17 @@ def test_reading_damaged_metadata_names_the_array(store: Path) -> None:
         list(open_store(store).iter_chunks())
     # the other arrays still read
     assert open_store(store).steps().tolist() == STEPS
+
+
+def test_repair_does_not_trust_a_manifest_that_disagrees_with_the_arrays(store: Path) -> None:
+    """The manifest lost a group: the arrays disagree with it; rebuilding them from it would destroy data."""
+    mpath = store / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["groups"] = m["groups"][:1]
+    mpath.write_text(json.dumps(m))
+    res = cli("verify", str(store))
+    assert res.exit_code == 3 and "disagrees with the manifest" in res.stdout
+    before = snapshot(store.parent)
+    err = assert_one_line_error(cli("repair", str(store)), 3)
+    assert "the manifest may be the damaged part; repair changed nothing" in err
+    assert snapshot(store.parent) == before

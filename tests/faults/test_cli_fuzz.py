@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultkit import cli, write
+from faultkit import cli, examples, write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -136,7 +136,9 @@ def argv(draw: st.DrawFn, places: dict[str, str]) -> list[str]:
     return [head, *rest]
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(2.5), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_fuzzed_command_lines(
     places: dict[str, str], tmp_path_factory: pytest.TempPathFactory, data: st.DataObject

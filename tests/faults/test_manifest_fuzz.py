@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultkit import cli, write
+from faultkit import cli, examples, write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -107,7 +107,9 @@ def _check_store(store: Path) -> None:
             assert len(lines) == 1, res.stderr
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(4), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_fuzzed_manifest_json(
     pristine: Path, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
@@ -125,7 +127,9 @@ def test_fuzzed_manifest_json(
     _check_store(store)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(1), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     raw=st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)), cut=st.integers(0, 4000)
 )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faultkit import GROUPS, SPEC, make_row
+from faultkit import GROUPS, SPEC, examples, make_row
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -135,7 +135,7 @@ class StoreModel(RuleBasedStateMachine):
         assert r.verify() == []
 
 
-StoreModel.TestCase.settings = settings(max_examples=12, stateful_step_count=25, deadline=None)
+StoreModel.TestCase.settings = settings(max_examples=examples(1 / 3), stateful_step_count=25, deadline=None)
 test_store_model = StoreModel.TestCase
 
 
