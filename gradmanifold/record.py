@@ -173,6 +173,7 @@ class Recorder:
         self.steps_flagged = 0
         self.steps_skipped = 0
         self._exit_hook: Any = None
+        self._pid = os.getpid()  # a forked child must never commit or unlock the parent's store
 
     # ---------------------------------------------------------------- public API
     @property
@@ -184,6 +185,11 @@ class Recorder:
         """Project and append this step's gradient; returns False when the step is not recorded."""
         if self._closed:
             raise InputError(f"the Recorder for {self.path} is closed")
+        if os.getpid() != self._pid:
+            raise InputError(
+                f"the Recorder for {self.path} belongs to process {self._pid}, not to this forked child; "
+                "record from the training process only (or open another store in the child)"
+            )
         if self._failed:
             return False
         if isinstance(step, bool) or not isinstance(step, int | np.integer):
@@ -226,6 +232,8 @@ class Recorder:
         if self._closed:
             return
         self._closed = True
+        if os.getpid() != self._pid:  # a forked copy: the parent owns the store, its lock and its buffer
+            return
         if self._exit_hook is not None:
             atexit.unregister(self._exit_hook)
         if self._writer is not None and not self._failed:

@@ -258,3 +258,36 @@ def test_exit_without_close_commits(tmp_path: Path) -> None:
     r = open_store(tmp_path / "r.zarr")
     assert list(r.steps()) == [0, 1, 2, 3, 4]
     assert r.manifest.segments[-1].status == "closed"
+
+
+def test_forked_child_never_commits_or_unlocks(tmp_path: Path) -> None:
+    """A forked child (a DataLoader worker) that exits must leave the parent's store and lock alone."""
+    import os
+
+    from gradmanifold.store.lock import LOCK_NAME
+
+    path = tmp_path / "r.zarr"
+    rec = Recorder(path, k=8, chunk_rows=100)
+    rec.record(0, grads_at(0))
+    rec.flush()
+    rec.record(1, grads_at(1))  # buffered in the parent only
+    pid = os.fork()
+    if pid == 0:  # child: close (as an exit hook would), try to record, then leave without cleanup
+        code = 0
+        try:
+            rec.close()
+            try:
+                rec.record(2, grads_at(2))
+                code = 3
+            except InputError:
+                pass
+        except BaseException:
+            code = 4
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (path / LOCK_NAME).exists()  # still the parent's
+    assert list(open_store(path).steps()) == [0]  # the child committed nothing
+    rec.record(2, grads_at(2))
+    rec.close()
+    assert list(open_store(path).steps()) == [0, 1, 2]

@@ -172,11 +172,7 @@ class _State:
         store, neither at exit nor on a signal."""
         self.off = True
         for rec in self.all:
-            recorder, rec.recorder = rec.recorder, None
-            if recorder is not None:
-                # The Recorder's exit hook would commit and unlock the parent's store from this process:
-                # mark this copy closed (the Recorder has no fork guard of its own).
-                recorder._closed = True
+            rec.recorder = None  # the Recorder's own fork guard keeps this copy from touching the store
 
     def attach(self, module: ModuleType) -> None:
         module.register_optimizer_step_pre_hook(self.pre_step)
