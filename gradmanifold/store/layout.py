@@ -120,8 +120,17 @@ def chunk_file(root: Path, name: str, chunk: int) -> Path:
     return root.joinpath(name, "c", str(chunk), *tail)
 
 
-def fsync_files(paths: list[Path]) -> None:
+def fsync_files(paths: list[Path], root: Path | None = None) -> None:
+    """fsync each file, then the folders holding them up to `root` (so that new names survive a power cut,
+    not only the bytes)."""
+    folders: set[Path] = set()
     for p in paths:
+        for d in p.parents:
+            if root is None or d == root or root in d.parents:
+                folders.add(d)
+            if root is None or d == root:
+                break
+    for p in [*paths, *sorted(folders, key=lambda d: -len(d.parts))]:
         try:
             fd = os.open(p, os.O_RDONLY)
         except FileNotFoundError:

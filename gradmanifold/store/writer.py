@@ -544,12 +544,13 @@ class StoreWriter:
             for name, arr in self._arrays.items():
                 if arr.shape[0] < capacity:
                     arr.resize(array_shape(name, capacity, g, k))
+                    touched.append(self.root / name / "zarr.json")
                 block = data[name]
                 if block is not None:
                     arr[lo:hi] = block
                 touched += [chunk_file(self.root, name, i) for i in range(lo // c, -(-hi // c))]
             if self._fsync:
-                fsync_files(touched)
+                fsync_files(touched, self.root)
         except OSError as exc:
             what = f"writing rows {lo}..{hi - 1} ({n_chunks} chunk(s) per array)"
             raise self._write_error(exc, what, need) from None
