@@ -158,7 +158,7 @@ def _race(tmp_path: Path, path: Path, n: int, break_lock: bool) -> list[str]:
     return outs
 
 
-@pytest.mark.parametrize("existing", [False, True])
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "existing"])
 def test_racing_writers_end_with_exactly_one(tmp_path: Path, existing: bool) -> None:
     path = tmp_path / "r.zarr"
     if existing:
