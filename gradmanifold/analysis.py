@@ -124,9 +124,10 @@ def analyze(
     plan = _plan(src, cfg)
     from gradmanifold.kernels.stream import blas_threads
 
-    run = _Run(src, plan, progress)
-    with blas_threads((os.cpu_count() or 1) // len(run.lanes)):  # process-wide while the analysis runs
-        return run.run(store)
+    # One BLAS thread per lane, even for a single lane: BLAS threads that share cores with anything else
+    # (the other lane, the reader, a training job) spin and collapse; see blas_threads.
+    with blas_threads(1):  # process-wide while the analysis runs
+        return _Run(src, plan, progress).run(store)
 
 
 # ---------------------------------------------------------------------------------------------- planning

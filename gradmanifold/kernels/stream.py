@@ -223,10 +223,10 @@ def drive(lanes: Sequence[Lane], work: Iterator[Work], report: bool, depth: int 
 def blas_threads(n: int) -> Iterator[None]:
     """Limit BLAS to n threads while the lanes run, when threadpoolctl is installed.
 
-    The analysis runs one lane per core and gives each lane's BLAS calls the cores left to it (one, as soon
-    as there are as many lanes as cores). Measured on a busy 2-core machine: the Gram products of two lanes
-    lose half their speed to BLAS threads fighting over the cores, and a 256 x 256 eigvalsh (LAPACK evd)
-    takes 6 ms on one thread and 350 ms on two.
+    The analysis runs one lane per core, each with one BLAS thread. Measured on a busy 2-core machine: the
+    Gram products of two lanes lose half their speed to BLAS threads fighting over the cores; a single lane
+    with two BLAS threads took 10 s (12 s of CPU, spinning) where two lanes with one took 2.4 s; a 256 x 256
+    eigvalsh (LAPACK evd) takes 6 ms on one thread and 350 ms on two.
     """
     try:
         from threadpoolctl import threadpool_limits
