@@ -143,7 +143,13 @@ def fsync_files(paths: list[Path], root: Path | None = None) -> None:
 
 def leftover_temp_files(root: Path) -> list[Path]:
     """Temp files a killed writer may leave: zarr's and the manifest's '*.partial', set-aside stale locks."""
-    return sorted([*root.rglob("*.partial"), *root.glob(f"{LOCK_NAME}.*.stale")])
+    found = [
+        Path(folder, name)
+        for folder, _, names in os.walk(root)  # scandir-based: much faster than Path.rglob on many chunks
+        for name in names
+        if name.endswith(".partial")
+    ]
+    return sorted([*found, *root.glob(f"{LOCK_NAME}.*.stale")])
 
 
 def remove_partials(root: Path) -> int:

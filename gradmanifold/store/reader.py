@@ -150,9 +150,28 @@ class StoreReader:
     def steps(self) -> np.ndarray:
         """Training step of every committed row (int64 [n_steps]; 8 bytes a row)."""
         if self._steps is None:
-            parts = [c.step for c in self._iter_raw(0, self.n_steps, names=("step",))]
-            self._steps = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            self._steps = self._bulk_steps()
+            if self._steps is None:  # some chunk fails: read chunk by chunk, for the error that names it
+                parts = [c.step for c in self._iter_raw(0, self.n_steps, names=("step",))]
+                self._steps = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         return self._steps
+
+    def _bulk_steps(self) -> np.ndarray | None:
+        """All committed steps in one read (zarr fetches the chunks concurrently), each chunk verified;
+        None when any chunk fails its check."""
+        m, c = self.manifest, self.chunk_rows
+        try:
+            data = np.asarray(self._array("step")[: m.n_rows], dtype=np.int64)
+        except Exception:
+            return None
+        for i in range(m.n_chunks):
+            lo, hi = i * c, min((i + 1) * c, m.n_rows)
+            if (
+                not chunk_file(self.path, "step", i).is_file()
+                or checksum(data[lo:hi]) != m.checksums["step"][i]
+            ):
+                return None
+        return data
 
     def row_range(self, start_step: int | None = None, stop_step: int | None = None) -> tuple[int, int]:
         """Rows whose step lies in [start_step, stop_step) (None: unbounded)."""

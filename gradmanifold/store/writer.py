@@ -329,8 +329,23 @@ class StoreWriter:
         return out
 
     def _load_steps(self, n_rows: int) -> np.ndarray:
-        parts = [self._committed_chunk(i, ("step",))["step"] for i in range(self._manifest.n_chunks)]
-        steps = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        m, c = self._manifest, self.chunk_rows
+        try:  # one read (zarr fetches the chunks concurrently), then each chunk checked
+            steps = np.asarray(self._arrays["step"][:n_rows], dtype=np.int64)
+        except OSError as exc:
+            raise StoreWriteError(
+                f"{self.root}: cannot read the committed steps: {exc.strerror or exc}"
+            ) from None
+        except Exception:
+            steps = None
+        for i in range(m.n_chunks):
+            lo, hi = i * c, min((i + 1) * c, n_rows)
+            if steps is None or checksum(steps[lo:hi]) != m.checksums["step"][i]:
+                steps = None
+                self._committed_chunk(i, ("step",))  # raises, naming the chunk, when it is damaged
+        if steps is None:  # the bulk read failed, yet every chunk verifies alone: use those
+            parts = [self._committed_chunk(i, ("step",))["step"] for i in range(m.n_chunks)]
+            steps = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
         if n_rows and (int(steps[-1]) != self._manifest.last_step or np.any(np.diff(steps) <= 0)):
             raise CorruptStoreError(
                 f"{self.root}: the committed steps are not strictly increasing up to last_step "
