@@ -27,9 +27,9 @@ def verify(path: PathArg, json: JsonOpt = False) -> None:
 
     report = verify_store(path)
     if json:
-        sys.stdout.write(jsonlib.dumps(report.to_dict(), indent=1, sort_keys=True) + "\n")
+        _write(jsonlib.dumps(report.to_dict(), indent=1, sort_keys=True) + "\n")
     else:
-        sys.stdout.write(_render_verify(report.to_dict()))
+        _write(_render_verify(report.to_dict()))
     if not report.ok:
         bad = report.bad_chunks
         what = f"{len(bad)} damaged chunk(s)" if bad else f"{len(report.problems)} problem(s)"
@@ -73,9 +73,15 @@ def repair(
         path, dry_run=dry_run, backup_dir=backup, break_lock=break_lock, drop_sound_tail=drop_sound_tail
     )
     if json:
-        sys.stdout.write(jsonlib.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n")
+        _write(jsonlib.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n")
     else:
-        sys.stdout.write(_render_repair(result.to_dict()))
+        _write(_render_repair(result.to_dict()))
+
+
+def _write(text: str) -> None:
+    """Write to stdout; a path holding bytes that are not UTF-8 (decoded by Python as surrogates) is shown
+    with those bytes escaped (\\xff) instead of failing to print."""
+    sys.stdout.write(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
 
 
 def _render_verify(r: dict[str, Any]) -> str:
