@@ -31,7 +31,6 @@ from gradmanifold.errors import (
     CorruptStoreError,
     InputError,
     NotAStoreError,
-    SpecMismatchError,
     StoreExistsError,
     StoreNotFoundError,
     StoreWriteError,
@@ -61,6 +60,7 @@ from gradmanifold.store.manifest import (
     publish_manifest,
     read_manifest,
 )
+from gradmanifold.store.resume import check_spec, load_committed_steps, read_committed_chunk
 
 Resume = Literal["allow", "must", "never"]
 BASE_ARRAYS = ("proj", "sqnorm", "step", "flags")
@@ -261,38 +261,7 @@ class StoreWriter:
 
     def _reopen(self, spec: ProjectionSpec, groups: tuple[GroupInfo, ...]) -> Manifest:
         m = read_manifest(self.root)
-        problems = []
-        for key, want in spec.to_dict().items():
-            have = m.projection.get(key)
-            if have != want:
-                problems.append(f"projection {key}: store has {have!r}, writer asks {want!r}")
-        if not problems and m.fingerprint != fingerprint(spec):
-            problems.append(
-                f"projection fingerprint: store has {m.fingerprint}, this gradmanifold computes "
-                f"{fingerprint(spec)} (the projection code changed)"
-            )
-        have_names = [g.name for g in m.groups]
-        want_names = [g.name for g in groups]
-        if have_names != want_names:
-            missing = [n for n in have_names if n not in want_names]
-            extra = [n for n in want_names if n not in have_names]
-            detail = []
-            if missing:
-                detail.append(f"missing {missing}")
-            if extra:
-                detail.append(f"new {extra}")
-            if not detail:
-                detail.append("same names in another order")
-            problems.append(f"groups differ: {'; '.join(detail)}")
-        else:
-            for a, b in zip(m.groups, groups, strict=True):
-                if a.size != b.size:
-                    problems.append(f"group {a.name!r} size: store has {a.size}, writer has {b.size}")
-        if problems:
-            raise SpecMismatchError(
-                f"cannot append to {self.root}: " + "; ".join(problems) + "; a store holds one projection "
-                "of one set of groups: resume with the store's settings, or record to a new store"
-            )
+        check_spec(self.root, m, spec, groups)
         removed = remove_partials(self.root)
         segments = tuple(s.with_(status="interrupted") if s.status == "open" else s for s in m.segments)
         if removed:
@@ -302,56 +271,10 @@ class StoreWriter:
         return m.with_(segments=segments)
 
     def _committed_chunk(self, index: int, names: Sequence[str]) -> dict[str, np.ndarray]:
-        """The committed rows of chunk `index`, checked against the manifest: a writer never re-commits rows
-        it has not verified (it would give damaged bytes a fresh, valid checksum)."""
-        m, c = self._manifest, self.chunk_rows
-        lo, hi = index * c, min((index + 1) * c, m.n_rows)
-        out: dict[str, np.ndarray] = {}
-        for name in names:
-            data: np.ndarray | None = None
-            try:
-                data = np.asarray(self._arrays[name][lo:hi])
-            except OSError as exc:
-                raise StoreWriteError(
-                    f"{self.root}: cannot read chunk {index} of {name!r}: {exc.strerror or exc}"
-                ) from None
-            except Exception as exc:
-                why = f"unreadable ({type(exc).__name__})"
-            else:
-                why = "" if checksum(data) == m.checksums[name][index] else "checksum mismatch"
-            if why or data is None:
-                raise CorruptStoreError(
-                    f"{self.root}: chunk {index} of {name!r} (rows {lo}..{hi - 1}) is damaged ({why}), so "
-                    "the writer cannot append after it; run `gradmanifold verify` to list the damage and "
-                    "`gradmanifold repair` to drop the damaged tail"
-                )
-            out[name] = data
-        return out
+        return read_committed_chunk(self.root, self._arrays, self._manifest, index, names)
 
     def _load_steps(self, n_rows: int) -> np.ndarray:
-        m, c = self._manifest, self.chunk_rows
-        try:  # one read (zarr fetches the chunks concurrently), then each chunk checked
-            steps = np.asarray(self._arrays["step"][:n_rows], dtype=np.int64)
-        except OSError as exc:
-            raise StoreWriteError(
-                f"{self.root}: cannot read the committed steps: {exc.strerror or exc}"
-            ) from None
-        except Exception:
-            steps = None
-        for i in range(m.n_chunks):
-            lo, hi = i * c, min((i + 1) * c, n_rows)
-            if steps is None or checksum(steps[lo:hi]) != m.checksums["step"][i]:
-                steps = None
-                self._committed_chunk(i, ("step",))  # raises, naming the chunk, when it is damaged
-        if steps is None:  # the bulk read failed, yet every chunk verifies alone: use those
-            parts = [self._committed_chunk(i, ("step",))["step"] for i in range(m.n_chunks)]
-            steps = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-        if n_rows and (int(steps[-1]) != self._manifest.last_step or np.any(np.diff(steps) <= 0)):
-            raise CorruptStoreError(
-                f"{self.root}: the committed steps are not strictly increasing up to last_step "
-                f"{self._manifest.last_step}; run `gradmanifold verify`"
-            )
-        return steps
+        return load_committed_steps(self.root, self._arrays, self._manifest)
 
     def _load_tail(self, row: int) -> None:
         """Make `row` the end of the buffer: load the committed prefix of its chunk into the buffer."""
