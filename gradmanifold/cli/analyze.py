@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gradmanifold.cli.app import app, handle_errors
+from gradmanifold.cli.app import app, handle_errors, write_out
 
 # Options shared with `check` (its thresholds address the JSON of an analysis run with these options).
 PredictorsOpt = Annotated[
@@ -161,8 +161,8 @@ def analyze(
     if json:
         from gradmanifold.report.json import render
 
-        sys.stdout.write(render(result))
+        write_out(render(result))
     else:
         from gradmanifold.report.console import render as render_text
 
-        sys.stdout.write(render_text(result))
+        write_out(render_text(result))

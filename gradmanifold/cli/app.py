@@ -26,9 +26,20 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _printable(text: str) -> str:
+    """A path holding bytes that are not UTF-8 (decoded by Python as lone surrogates) with those bytes
+    escaped (\\xff), so that printing it never fails."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def write_out(text: str) -> None:
+    """Write a command's result to stdout (the only way commands print results)."""
+    sys.stdout.write(_printable(text))
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print `gradmanifold: error: message` on stderr and return the Exit to raise."""
-    print(f"gradmanifold: error: {message}", file=sys.stderr)
+    print(_printable(f"gradmanifold: error: {message}"), file=sys.stderr)
     return typer.Exit(code)
 
 

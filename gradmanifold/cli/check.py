@@ -6,7 +6,6 @@ usage errors or unreadable input.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +24,7 @@ from gradmanifold.cli.analyze import (
     WindowOpt,
     analysis_options,
 )
-from gradmanifold.cli.app import app, handle_errors
+from gradmanifold.cli.app import app, handle_errors, write_out
 from gradmanifold.errors import EXIT_CHECK_FAILED
 
 
@@ -65,9 +64,9 @@ def check(
     failed = [o for o in outcomes if not o.ok]
     for o in outcomes:
         if not o.ok or not quiet:
-            sys.stdout.write(o.line() + "\n")
+            write_out(o.line() + "\n")
     if failed:
-        sys.stdout.write(f"{len(failed)} of {len(outcomes)} checks failed\n")
+        write_out(f"{len(failed)} of {len(outcomes)} checks failed\n")
         raise typer.Exit(EXIT_CHECK_FAILED)
     if not quiet:
-        sys.stdout.write(f"all {len(outcomes)} checks hold\n")
+        write_out(f"all {len(outcomes)} checks hold\n")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from gradmanifold.cli.app import app, handle_errors
+from gradmanifold.cli.app import app, handle_errors, write_out
 
 
 @app.command()
@@ -26,8 +25,8 @@ def info(
     if json:
         from gradmanifold.report.json import render_info
 
-        sys.stdout.write(render_info(description))
+        write_out(render_info(description))
     else:
         from gradmanifold.report.console import render_info as render_text
 
-        sys.stdout.write(render_text(description))
+        write_out(render_text(description))

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gradmanifold.cli.app import app, fail, handle_errors
+from gradmanifold.cli.app import app, fail, handle_errors, write_out
 
 _MODES = "one of: -- COMMAND ARGS (wrap a training job), --from DIR_OR_GLOB (dumps), --synthetic NAME"
 
@@ -121,9 +121,9 @@ def record(
     finally:
         progress.close()
     if json:
-        sys.stdout.write(jsonlib.dumps(summary, indent=1, sort_keys=True) + "\n")
+        write_out(jsonlib.dumps(summary, indent=1, sort_keys=True) + "\n")
     else:
-        sys.stdout.write(_render(summary))
+        write_out(_render(summary))
 
 
 def _synthetic(

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json as jsonlib
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from gradmanifold.cli.app import app, fail, handle_errors
+from gradmanifold.cli.app import app, fail, handle_errors, write_out
 from gradmanifold.errors import EXIT_CORRUPT
 
 PathArg = Annotated[Path, typer.Argument(help="A store written by gradmanifold record or Recorder.")]
@@ -27,9 +26,9 @@ def verify(path: PathArg, json: JsonOpt = False) -> None:
 
     report = verify_store(path)
     if json:
-        _write(jsonlib.dumps(report.to_dict(), indent=1, sort_keys=True) + "\n")
+        write_out(jsonlib.dumps(report.to_dict(), indent=1, sort_keys=True) + "\n")
     else:
-        _write(_render_verify(report.to_dict()))
+        write_out(_render_verify(report.to_dict()))
     if not report.ok:
         bad = report.bad_chunks
         what = f"{len(bad)} damaged chunk(s)" if bad else f"{len(report.problems)} problem(s)"
@@ -73,15 +72,9 @@ def repair(
         path, dry_run=dry_run, backup_dir=backup, break_lock=break_lock, drop_sound_tail=drop_sound_tail
     )
     if json:
-        _write(jsonlib.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n")
+        write_out(jsonlib.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n")
     else:
-        _write(_render_repair(result.to_dict()))
-
-
-def _write(text: str) -> None:
-    """Write to stdout; a path holding bytes that are not UTF-8 (decoded by Python as surrogates) is shown
-    with those bytes escaped (\\xff) instead of failing to print."""
-    sys.stdout.write(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+        write_out(_render_repair(result.to_dict()))
 
 
 def _render_verify(r: dict[str, Any]) -> str:

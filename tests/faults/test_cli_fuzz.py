@@ -200,18 +200,9 @@ def test_wrapped_program_that_does_not_exist(tmp_path: Path) -> None:
     assert "Traceback" not in res.stdout + res.stderr and "internal error" not in res.stderr
 
 
-NOT_UTF8 = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="prints the path to stdout with strict UTF-8 encoding: a name holding bytes that are not UTF-8 "
-    "(surrogate-escaped by Python) is an internal error under a UTF-8 locale (and in CliRunner); "
-    "cli/verify.py escapes such bytes when it writes (its _write)",
-)
-
-
 @pytest.mark.parametrize(
     "command",
-    ["verify", "repair", pytest.param("info", marks=NOT_UTF8), pytest.param("analyze", marks=NOT_UTF8)],
+    ["verify", "repair", "info", "analyze"],
 )
 def test_store_path_with_bytes_that_are_not_utf8(tmp_path: Path, command: str) -> None:
     """A file name with a byte that is not UTF-8 (Python decodes it to a lone surrogate, as in argv)."""
