@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
+# Each command module registers its command(s) on `app`; heavy imports stay inside the command bodies.
+from gradmanifold.cli import analyze, check, info, record, verify  # noqa: F401
 from gradmanifold.cli.app import app
-
-# Command modules register themselves on `app`; heavy imports stay inside the command bodies.
-for _name in ("record", "analyze", "check", "info", "verify"):
-    try:
-        __import__(f"gradmanifold.cli.{_name}")
-    except ModuleNotFoundError as _exc:  # a command module not written yet
-        if _exc.name != f"gradmanifold.cli.{_name}":
-            raise
 
 
 def main() -> None:
