@@ -92,6 +92,7 @@ class AnalysisConfig:
     burn_in: int = 0
     chunk_rows: int | None = None  # rows per block read (None: the source's natural chunks)
     workers: int | None = None  # threads (None: one per core); scopes are split between them
+    skip_corrupt: bool = False  # leave damaged chunks out (as missing rows) instead of failing
 
 
 def eps_key(eps: float) -> str:
@@ -339,7 +340,10 @@ class _Run:
         plan = self.plan
         total = plan.hi - plan.lo
         done = 0
-        chunks = self.src.iter_chunks(plan.lo, plan.hi, None, plan.cfg.chunk_rows)
+        if plan.cfg.skip_corrupt:
+            chunks = self.src.iter_chunks(plan.lo, plan.hi, None, plan.cfg.chunk_rows, skip_corrupt=True)  # type: ignore[call-arg]
+        else:
+            chunks = self.src.iter_chunks(plan.lo, plan.hi, None, plan.cfg.chunk_rows)
 
         def work() -> Iterator[Work]:
             nonlocal done
@@ -350,6 +354,7 @@ class _Run:
                     self.progress(done, total)
 
         drive(self.lanes, work(), plan.cfg.window is not None)
+        self._count_skipped_chunks()
         if self.win_rows or not self.win_meta:
             report = plan.cfg.window is not None
             for lane in self.lanes:
@@ -357,6 +362,15 @@ class _Run:
             if report:
                 self.win_meta.append((self.win_first or 0, self.win_last, self.win_rows))
         return self._result(store)
+
+    def _count_skipped_chunks(self) -> None:
+        """Rows of damaged chunks left out by skip_corrupt are missing rows of every scope."""
+        self.skipped_chunks: list[str] = []
+        plan = self.plan
+        for ex in getattr(self.src, "excluded", ()) if plan.cfg.skip_corrupt else ():
+            rows = max(0, min(ex.row_stop, plan.hi) - max(ex.row_start, plan.count_lo))
+            self.excluded += rows
+            self.skipped_chunks.append(ex.describe())
 
     def _prepare(self, chunk: Chunk) -> Work:
         """Validity and counting masks of a chunk, its bookkeeping, and its segments (cut at window ends)."""
@@ -428,7 +442,9 @@ class _Run:
                     "rerun with a larger --sketch-rank or --svd exact"
                 )
             if sc.excluded_steps:
-                warnings.append(f"{name}: {sc.excluded_steps} flagged step(s) excluded")
+                warnings.append(f"{name}: {sc.excluded_steps} flagged or damaged step(s) excluded")
+        for desc in self.skipped_chunks:
+            warnings.append(f"damaged {desc}: left out (--skip-corrupt)")
         config = RunConfig(
             predictors=tuple(p.id for p in plan.predictors[: plan.n_report]),
             ema_grid=tuple(b for b, _ in plan.grid),

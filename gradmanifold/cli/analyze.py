@@ -55,6 +55,14 @@ GroupsOpt = Annotated[
 BurnInOpt = Annotated[
     int, typer.Option("--burn-in", help="Leave the first N steps out of both sums of kappa.")
 ]
+SkipCorruptOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-corrupt",
+        help="Leave damaged chunks out (their rows count as missing, listed in the warnings) instead of "
+        "failing with exit 3; `gradmanifold verify` lists them.",
+    ),
+]
 
 
 def analysis_options(
@@ -68,9 +76,11 @@ def analysis_options(
     stop: int | None,
     groups: list[str] | None,
     burn_in: int,
+    skip_corrupt: bool = False,
 ) -> dict[str, Any]:
     """Keyword options for `analyze` from the command line (values are validated by the library)."""
     opts: dict[str, Any] = {
+        "skip_corrupt": skip_corrupt,
         "window": window,
         "svd": svd,
         "sketch_rank": sketch_rank,
@@ -145,6 +155,7 @@ def analyze(
     stop: StopOpt = None,
     groups: GroupsOpt = None,
     burn_in: BurnInOpt = 0,
+    skip_corrupt: SkipCorruptOpt = False,
     json: Annotated[
         bool, typer.Option("--json", help="Print the versioned JSON (docs/JSON.md) on stdout.")
     ] = False,
@@ -152,7 +163,9 @@ def analyze(
     """Path length, kappa per predictor, predictable rank and its spectrum, per group and for the model."""
     from gradmanifold.analysis import analyze as run_analysis
 
-    opts = analysis_options(predictors, ema_grid, eps, window, svd, sketch_rank, start, stop, groups, burn_in)
+    opts = analysis_options(
+        predictors, ema_grid, eps, window, svd, sketch_rank, start, stop, groups, burn_in, skip_corrupt
+    )
     progress = ProgressBar()
     try:
         result = run_analysis(path, progress=progress, **opts)

@@ -18,6 +18,7 @@ from gradmanifold.cli.analyze import (
     GroupsOpt,
     PredictorsOpt,
     SketchRankOpt,
+    SkipCorruptOpt,
     StartOpt,
     StopOpt,
     SvdOpt,
@@ -51,6 +52,7 @@ def check(
     stop: StopOpt = None,
     groups: GroupsOpt = None,
     burn_in: BurnInOpt = 0,
+    skip_corrupt: SkipCorruptOpt = False,
 ) -> None:
     """Check analysis results against bounds: --max model.kappa.ema:0.9=1.2 --max model.rank.r_star.0.1=64."""
     from gradmanifold.analysis import analyze as run_analysis
@@ -58,7 +60,9 @@ def check(
     from gradmanifold.report.json import to_dict
 
     bounds = parse_bounds(max_ or [], min_ or [])
-    opts = analysis_options(predictors, ema_grid, eps, window, svd, sketch_rank, start, stop, groups, burn_in)
+    opts = analysis_options(
+        predictors, ema_grid, eps, window, svd, sketch_rank, start, stop, groups, burn_in, skip_corrupt
+    )
     doc = to_dict(run_analysis(path, **opts))
     outcomes = evaluate(doc, bounds)
     failed = [o for o in outcomes if not o.ok]
