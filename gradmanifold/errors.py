@@ -69,3 +69,29 @@ class CorruptStoreError(GradManifoldError, ValueError):
     """Committed data or the manifest fails its checks (checksum, missing chunk, malformed manifest)."""
 
     exit_code = EXIT_CORRUPT
+
+
+class StoreChangedError(GradManifoldError, RuntimeError):
+    """The writer replaced rows this reader was reading (a rewind or a repair since it opened the store)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ChunkDamagedError(CorruptStoreError):
+    """One committed chunk of one array fails its check; carries which chunk, rows and steps."""
+
+    def __init__(
+        self,
+        message: str,
+        chunk: int,
+        array: str,
+        rows: tuple[int, int],
+        steps: tuple[int, int] | None,
+        reason: str,
+    ) -> None:
+        super().__init__(message)
+        self.chunk = chunk
+        self.array = array
+        self.rows = rows  # [start, stop)
+        self.steps = steps  # first and last step, None when the step array's chunk is damaged too
+        self.reason = reason

@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from gradmanifold.errors import (
-    EXIT_USAGE,
+    ChunkDamagedError,
     CorruptStoreError,
     GradManifoldError,
     NotAStoreError,
+    StoreChangedError,
     StoreNotFoundError,
     UsageError,
 )
@@ -34,32 +35,6 @@ from gradmanifold.store.manifest import BASE_ARRAYS, MANIFEST_NAME, Manifest, pr
 # Re-reads of a chunk whose checksum fails, each after re-reading the manifest (seconds to wait before each).
 # Chunk files and the manifest are replaced by atomic renames, so one re-read settles it on a local disk.
 RETRY_DELAYS = (0.0,)
-
-
-class StoreChangedError(GradManifoldError, RuntimeError):
-    """The writer replaced rows this reader was reading (a rewind or a repair since it opened the store)."""
-
-    exit_code = EXIT_USAGE
-
-
-class ChunkDamagedError(CorruptStoreError):
-    """One committed chunk of one array fails its check; carries which chunk, rows and steps."""
-
-    def __init__(
-        self,
-        message: str,
-        chunk: int,
-        array: str,
-        rows: tuple[int, int],
-        steps: tuple[int, int] | None,
-        reason: str,
-    ) -> None:
-        super().__init__(message)
-        self.chunk = chunk
-        self.array = array
-        self.rows = rows  # [start, stop)
-        self.steps = steps  # first and last step, None when the step array's chunk is damaged too
-        self.reason = reason
 
 
 @dataclass(frozen=True)
