@@ -442,7 +442,8 @@ class _Run:
                     "rerun with a larger --sketch-rank or --svd exact"
                 )
             if sc.excluded_steps:
-                warnings.append(f"{name}: {sc.excluded_steps} flagged or damaged step(s) excluded")
+                what = "flagged or damaged" if self.skipped_chunks else "flagged"
+                warnings.append(f"{name}: {sc.excluded_steps} {what} step(s) excluded")
         for desc in self.skipped_chunks:
             warnings.append(f"damaged {desc}: left out (--skip-corrupt)")
         config = RunConfig(
