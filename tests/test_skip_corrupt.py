@@ -43,7 +43,9 @@ def test_damaged_chunk_fails_without_the_flag(damaged: tuple[Path, np.ndarray, n
     assert "chunk 2" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_skip_corrupt_equals_the_stream_without_those_rows(damaged: tuple[Path, np.ndarray, np.ndarray]) -> None:
+def test_skip_corrupt_equals_the_stream_without_those_rows(
+    damaged: tuple[Path, np.ndarray, np.ndarray],
+) -> None:
     path, proj, sqnorm = damaged
     got = analyze(path, skip_corrupt=True)
     keep = np.r_[0:16, 24:T]
