@@ -152,7 +152,8 @@ def _plan_and_apply(
     # A cut at a chunk boundary drops whole chunks; the cut chunk's file stays when it keeps rows.
     remove += [p for p in leftover_temp_files(root) if p not in remove]
     rel = tuple(str(p.relative_to(root)) for p in remove)
-    if dry_run or (not rel and keep == m.n_rows):
+
+    def result(backup_used: Path | None) -> RepairResult:
         return RepairResult(
             path=str(root),
             dry_run=dry_run,
@@ -161,9 +162,12 @@ def _plan_and_apply(
             dropped_steps=dropped_steps,
             removed_files=rel,
             rebuilt_metadata=tuple(rebuilt),
-            backup=None if backup is None else str(backup),
+            backup=None if backup_used is None else str(backup_used),
             reasons=tuple(reasons),
         )
+
+    if dry_run or (not rel and keep == m.n_rows):
+        return result(backup)
     assert lock is not None
     if backup is None:
         backup = _new_backup_folder(root, backup_dir)
@@ -211,17 +215,7 @@ def _plan_and_apply(
     for p in remove:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
-    return RepairResult(
-        path=str(root),
-        dry_run=False,
-        rows_before=m.n_rows,
-        rows_after=keep,
-        dropped_steps=dropped_steps,
-        removed_files=rel,
-        rebuilt_metadata=tuple(rebuilt),
-        backup=str(backup),
-        reasons=tuple(reasons),
-    )
+    return result(backup)
 
 
 def _rows_to_keep(
