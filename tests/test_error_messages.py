@@ -57,7 +57,7 @@ def not_a_store(tmp: Path) -> None:
 def newer_schema(tmp: Path) -> None:
     _write(tmp / "run.zarr", [0])
     m = json.loads((tmp / "run.zarr/manifest.json").read_text())
-    m["schema_version"] = 2
+    m["schema_version"] = 3
     (tmp / "run.zarr/manifest.json").write_text(json.dumps(m))
     open_store(tmp / "run.zarr")
 
@@ -154,8 +154,8 @@ CASES: dict[str, tuple[Callable[[Path], None], type[GradManifoldError], str, str
     "newer schema": (
         newer_schema,
         SchemaVersionError,
-        "store schema version 2",
-        "is newer than this gradmanifold reads (1)",
+        "store schema version 3",
+        "is newer than this gradmanifold reads (2)",
         "upgrade gradmanifold",
     ),
     "damaged manifest": (

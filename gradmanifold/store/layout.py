@@ -20,38 +20,115 @@ from gradmanifold.store.lock import LOCK_NAME
 # data instead.
 TARGET_CHUNK_BYTES = 4 << 20
 MAX_CHUNK_ROWS = 1 << 16
+#: the zarr group's attributes: they only tag the folder; the manifest (its own file) is the commit point
+STORE_ATTRS = {"gradmanifold": {"schema": "gradmanifold.store", "manifest": "manifest.json"}}
 
 
 @dataclass(frozen=True)
 class ArraySpec:
+    """One array of a store: dtype, the table whose row axis it shares, its trailing dimensions by name.
+
+    `optional` arrays exist only when the writer asked for them (loss, lr); `finite` arrays never hold NaN or
+    Inf (the writer flags such rows instead), which verify checks.
+    """
+
     name: str
     dtype: str
-    per_group: bool  # [T, G] (or [T, G, k] for proj) versus [T]
+    table: str
+    dims: tuple[str, ...] = ()
+    optional: bool = False
+    finite: bool = False
 
 
-ARRAYS = (
-    ArraySpec("proj", "float32", True),
-    ArraySpec("sqnorm", "float64", True),
-    ArraySpec("step", "int64", False),
-    ArraySpec("flags", "uint8", True),
-    ArraySpec("loss", "float64", False),
-    ArraySpec("lr", "float64", False),
+@dataclass(frozen=True)
+class TableSpec:
+    """A row axis: arrays that grow together, one row per step the table records, keyed by `step`."""
+
+    name: str
+    step: str  # the array holding each row's training step (strictly increasing)
+    dims: tuple[str, ...]  # the sizes its arrays' trailing dimensions are named by
+    arrays: tuple[ArraySpec, ...]
+    target_chunk_bytes: int = TARGET_CHUNK_BYTES
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.arrays if not a.optional)
+
+    @property
+    def optional(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.arrays if a.optional)
+
+
+#: The main table: one row per recorded step. Its state lives at the top of the manifest (store format 1).
+ROWS = "rows"
+TABLES: tuple[TableSpec, ...] = (
+    TableSpec(
+        ROWS,
+        "step",
+        ("groups", "k"),
+        (
+            ArraySpec("proj", "float32", ROWS, ("groups", "k"), finite=True),
+            ArraySpec("sqnorm", "float64", ROWS, ("groups",)),
+            ArraySpec("step", "int64", ROWS),
+            ArraySpec("flags", "uint8", ROWS, ("groups",)),
+            ArraySpec("loss", "float64", ROWS, optional=True),
+            ArraySpec("lr", "float64", ROWS, optional=True),
+        ),
+    ),
+    # Layer spectra: top-q singular values and the exact squared Frobenius norm of each matrix-shaped
+    # gradient, every N recorded steps (docs/SPECTRA.md).
+    TableSpec(
+        "spectra",
+        "spectra_step",
+        ("layers", "q"),
+        (
+            ArraySpec("spectra_step", "int64", "spectra"),
+            ArraySpec("spectra_sigma", "float64", "spectra", ("layers", "q")),
+            ArraySpec("spectra_frob_sq", "float64", "spectra", ("layers",)),
+        ),
+        target_chunk_bytes=1 << 20,
+    ),
+    # Curvature probes: per matrix layer the top singular values of the full-batch gradient and the exact
+    # curvature h_k along u_k v_k^T (docs/PROBES.md); NaN where a layer was not probed.
+    TableSpec(
+        "curvature",
+        "curvature_step",
+        ("layers", "q"),
+        (
+            ArraySpec("curvature_step", "int64", "curvature"),
+            ArraySpec("curvature_sigma", "float64", "curvature", ("layers", "q")),
+            ArraySpec("curvature_h", "float64", "curvature", ("layers", "q")),
+            ArraySpec("curvature_frob_sq", "float64", "curvature", ("layers",)),
+        ),
+        target_chunk_bytes=1 << 20,
+    ),
 )
+TABLE_BY_NAME = {t.name: t for t in TABLES}
+ARRAYS = tuple(a for t in TABLES for a in t.arrays)
 ARRAY_BY_NAME = {a.name: a for a in ARRAYS}
 
 
-def default_chunk_rows(n_groups: int, k: int) -> int:
-    """Rows per chunk so one chunk of `proj` is ~4 MiB (a power of two, at least 1)."""
-    row_bytes = n_groups * k * 4
-    rows = max(1, TARGET_CHUNK_BYTES // max(row_bytes, 1))
+def default_chunk_rows(row_bytes: int, target: int = TARGET_CHUNK_BYTES) -> int:
+    """Rows per chunk so one chunk of the table's widest array is about `target` bytes (a power of two)."""
+    rows = max(1, target // max(row_bytes, 1))
     rows = 1 << (rows.bit_length() - 1)
     return min(rows, MAX_CHUNK_ROWS)
 
 
-def array_shape(name: str, rows: int, n_groups: int, k: int) -> tuple[int, ...]:
-    if name == "proj":
-        return (rows, n_groups, k)
-    return (rows, n_groups) if ARRAY_BY_NAME[name].per_group else (rows,)
+def array_row_bytes(name: str, dims: dict[str, int]) -> int:
+    """Bytes of one row of array `name`."""
+    a = ARRAY_BY_NAME[name]
+    return np.dtype(a.dtype).itemsize * int(np.prod([dims[d] for d in a.dims], dtype=np.int64))
+
+
+def row_bytes(table: str, dims: dict[str, int]) -> int:
+    """Bytes of one row of the table's widest array."""
+    return max(array_row_bytes(a.name, dims) for a in TABLE_BY_NAME[table].arrays)
+
+
+def array_shape(name: str, rows: int, dims: dict[str, int]) -> tuple[int, ...]:
+    """Shape of array `name` holding `rows` rows, its trailing sizes taken from the table's `dims`."""
+    return (rows, *(int(dims[d]) for d in ARRAY_BY_NAME[name].dims))
 
 
 def checksum(a: np.ndarray) -> str:
@@ -61,13 +138,13 @@ def checksum(a: np.ndarray) -> str:
 
 
 def create_arrays(
-    root: Path, names: tuple[str, ...], n_groups: int, k: int, chunk_rows: int, attrs: dict[str, Any]
+    root: Path, names: tuple[str, ...], dims: dict[str, int], chunk_rows: int, attrs: dict[str, Any]
 ) -> None:
-    """Create the zarr group and its (empty) arrays."""
+    """Create the zarr group (when new) and the named (empty) arrays of one table."""
     group = zarr.open_group(store=LocalStore(root), mode="a", zarr_format=3, attributes=attrs)
     for name in names:
-        shape = array_shape(name, 0, n_groups, k)
-        chunks = array_shape(name, chunk_rows, n_groups, k)
+        shape = array_shape(name, 0, dims)
+        chunks = array_shape(name, chunk_rows, dims)
         group.create_array(
             name,
             shape=shape,
@@ -98,11 +175,9 @@ def open_arrays(root: Path, names: tuple[str, ...], writable: bool) -> dict[str,
     return out
 
 
-def array_issues(
-    arr: zarr.Array, name: str, n_groups: int, k: int, chunk_rows: int, n_rows: int
-) -> list[str]:
+def array_issues(arr: zarr.Array, name: str, dims: dict[str, int], chunk_rows: int, n_rows: int) -> list[str]:
     """How array `name` disagrees with what the manifest says it holds (empty when it agrees)."""
-    want_chunks = array_shape(name, chunk_rows, n_groups, k)
+    want_chunks = array_shape(name, chunk_rows, dims)
     want_dtype = np.dtype(ARRAY_BY_NAME[name].dtype)
     issues = []
     if np.dtype(arr.dtype) != want_dtype:
@@ -116,8 +191,7 @@ def array_issues(
 
 def chunk_file(root: Path, name: str, chunk: int) -> Path:
     """Path of one chunk file under zarr v3's default chunk key encoding ('c/' and '/' separators)."""
-    tail = ("0", "0") if name == "proj" else (("0",) if ARRAY_BY_NAME[name].per_group else ())
-    return root.joinpath(name, "c", str(chunk), *tail)
+    return root.joinpath(name, "c", str(chunk), *("0",) * len(ARRAY_BY_NAME[name].dims))
 
 
 def fsync_files(paths: list[Path], root: Path | None = None) -> None:

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from gradmanifold.errors import CorruptStoreError, NotAStoreError, SchemaVersionError, StoreNotFoundError
+from gradmanifold.store.layout import ROWS, TABLE_BY_NAME, TABLES
 from gradmanifold.store.lock import LOCK_NAME
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA = "gradmanifold.store"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tables besides the main rows ("tables"); version-1 stores are read and continued
 CHECKSUM_ALGORITHM = "crc32c"
 OPTIONAL_ROWS = ("loss", "lr")
 #: how a writer segment ended: still "open" (or killed: the next writer marks it "interrupted"), "closed",
@@ -114,6 +115,127 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class TableState:
+    """What is committed in one table (row axis): its sizes, rows, last step and per-chunk checksums.
+
+    `dims` gives the trailing sizes its arrays are declared with (store.layout.TABLES); `arrays` the arrays it
+    holds (the required ones plus the optional ones asked for); `meta` what the table's rows mean (for layer
+    tables: the layer names and matrix shapes), fixed when the table is created.
+    """
+
+    chunk_rows: int
+    dims: dict[str, int]
+    arrays: tuple[str, ...]
+    n_rows: int = 0
+    last_step: int | None = None
+    checksums: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_rows // self.chunk_rows)
+
+    def with_(self, **changes: Any) -> TableState:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chunk_rows": self.chunk_rows,
+            "dims": dict(self.dims),
+            "arrays": list(self.arrays),
+            "n_rows": self.n_rows,
+            "last_step": self.last_step,
+            "checksums": {name: list(v) for name, v in sorted(self.checksums.items())},
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, name: str, d: Any, where: str) -> TableState:
+        """Parse one table's entry; it must match the table's declaration in the registry."""
+        spec = TABLE_BY_NAME.get(name)
+        if spec is None or name == ROWS:
+            raise CorruptStoreError(f"{where}: unknown table {_short(name)}")
+        if not isinstance(d, dict):
+            raise CorruptStoreError(f"{where} must be an object, found {_kind(d)}")
+        chunk_rows = _int(d, "chunk_rows", where, lo=1, hi=MAX_CHUNK_ROWS)
+        dims_raw = d.get("dims", _MISSING)
+        if not isinstance(dims_raw, dict) or set(dims_raw) != set(spec.dims):
+            raise CorruptStoreError(f"{where}: 'dims' must give exactly {list(spec.dims)}")
+        dims = {k: _int(dims_raw, k, f"{where}: dims", lo=1, hi=1 << 20) for k in spec.dims}
+        arrays = d.get("arrays", _MISSING)
+        if (
+            not isinstance(arrays, list)
+            or not set(spec.required) <= set(arrays)
+            or not set(arrays) <= {a.name for a in spec.arrays}
+            or len(set(arrays)) != len(arrays)
+        ):
+            raise CorruptStoreError(
+                f"{where}: 'arrays' must list {list(spec.required)} and some of {list(spec.optional)}, "
+                "once each"
+            )
+        n_rows = _int(d, "n_rows", where, lo=0, hi=MAX_ROWS)
+        last_step = _opt_int(d, "last_step", where, lo=INT64_MIN, hi=INT64_MAX)
+        if (last_step is None) != (n_rows == 0):
+            raise CorruptStoreError(f"{where}: 'last_step' is {last_step} but 'n_rows' is {n_rows}")
+        meta = d.get("meta", {})
+        if not isinstance(meta, dict):
+            raise CorruptStoreError(f"{where}: 'meta' must be an object, found {_kind(meta)}")
+        _check_layers(meta, dims, where)
+        return cls(
+            chunk_rows=chunk_rows,
+            dims=dims,
+            arrays=tuple(arrays),
+            n_rows=n_rows,
+            last_step=last_step,
+            checksums=_checksums(d.get("checksums", _MISSING), arrays, -(-n_rows // chunk_rows), where),
+            meta=meta,
+        )
+
+
+def _check_layers(meta: dict[str, Any], dims: dict[str, int], where: str) -> None:
+    """A layer table's meta names each layer once, with its matrix shape [m, n]."""
+    if "layers" not in dims:
+        return
+    layers = meta.get("layers")
+    if not isinstance(layers, list) or len(layers) != dims["layers"]:
+        raise CorruptStoreError(f"{where}: meta 'layers' must list {dims['layers']} layers")
+    for i, layer in enumerate(layers):
+        lw = f"{where}: meta layers[{i}]"
+        if not isinstance(layer, dict):
+            raise CorruptStoreError(f"{lw} must be an object, found {_kind(layer)}")
+        _check_text(_str(layer, "name", lw), lw)
+        shape = layer.get("shape")
+        if (
+            not isinstance(shape, list)
+            or len(shape) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= INT64_MAX for x in shape)
+        ):
+            raise CorruptStoreError(f"{lw}: 'shape' must be [m, n], two positive integers")
+    if len({layer["name"] for layer in layers}) != len(layers):
+        raise CorruptStoreError(f"{where}: meta layer names are not unique")
+
+
+def _checksums(raw: Any, names: Any, n_chunks: int, where: str) -> dict[str, tuple[str, ...]]:
+    """Per-chunk checksums of each named array: n_chunks strings of 8 hex digits each."""
+    if not isinstance(raw, dict):
+        raise CorruptStoreError(f"{where}: 'checksums' must be an object, found {_kind(raw)}")
+    out: dict[str, tuple[str, ...]] = {}
+    for name in names:
+        v = raw.get(name)
+        if (
+            not isinstance(v, list)
+            or len(v) != n_chunks
+            or not all(isinstance(c, str) and _is_crc(c) for c in v)
+        ):
+            raise CorruptStoreError(
+                f"{where}: checksums[{name!r}] must list {n_chunks} checksums of 8 hex digits "
+                "(one per committed chunk)"
+            )
+        out[name] = tuple(v)
+    return out
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What a reader needs: schema, projection spec and fingerprint, groups, committed rows, checksums."""
 
@@ -134,6 +256,8 @@ class Manifest:
     # holding an older manifest uses this to tell "the writer moved on" from "the data is damaged".
     generation: int = 0
     replaced_from: int = 0
+    # Tables besides the main rows (store.layout.TABLES), by name; the main table's state is the fields above.
+    tables: dict[str, TableState] = field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -146,8 +270,36 @@ class Manifest:
     def with_(self, **changes: Any) -> Manifest:
         return replace(self, **changes)
 
+    @property
+    def table_names(self) -> tuple[str, ...]:
+        """The tables this store holds: the main rows first, then the others in registry order."""
+        return (ROWS, *(t.name for t in TABLES if t.name in self.tables))
+
+    def table(self, name: str) -> TableState:
+        """The committed state of one table (the main rows are read from the top-level fields)."""
+        if name != ROWS:
+            return self.tables[name]
+        spec = TABLE_BY_NAME[ROWS]
+        return TableState(
+            chunk_rows=self.chunk_rows,
+            dims={"groups": len(self.groups), "k": self.k},
+            arrays=(*spec.required, *self.optional),
+            n_rows=self.n_rows,
+            last_step=self.last_step,
+            checksums=self.checksums,
+        )
+
+    def with_table(self, name: str, state: TableState) -> Manifest:
+        """This manifest with one table's committed state replaced (or a table added: schema version 2)."""
+        if name == ROWS:
+            return self.with_(n_rows=state.n_rows, last_step=state.last_step, checksums=state.checksums)
+        return self.with_(tables={**self.tables, name: state}, schema_version=max(self.schema_version, 2))
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        extra = (
+            {"tables": {n: t.to_dict() for n, t in self.tables.items()}} if self.schema_version >= 2 else {}
+        )
+        return extra | {
             "schema": SCHEMA,
             "schema_version": self.schema_version,
             "created": self.created,
@@ -237,19 +389,13 @@ class Manifest:
         sums_raw = d.get("checksums", _MISSING)
         if not isinstance(sums_raw, dict):
             raise CorruptStoreError(f"{where}: 'checksums' must be an object, found {_kind(sums_raw)}")
-        checksums: dict[str, tuple[str, ...]] = {}
-        for name in (*BASE_ARRAYS, *optional):
-            v = sums_raw.get(name)
-            if (
-                not isinstance(v, list)
-                or len(v) != n_chunks
-                or not all(isinstance(c, str) and _is_crc(c) for c in v)
-            ):
-                raise CorruptStoreError(
-                    f"{where}: checksums[{name!r}] must list {n_chunks} checksums of 8 hex digits "
-                    "(one per committed chunk)"
-                )
-            checksums[name] = tuple(v)
+        checksums = _checksums(sums_raw, (*BASE_ARRAYS, *optional), n_chunks, where)
+        tables_raw = d.get("tables", {}) if version >= 2 else {}
+        if not isinstance(tables_raw, dict):
+            raise CorruptStoreError(f"{where}: 'tables' must be an object, found {_kind(tables_raw)}")
+        tables = {
+            str(n): TableState.from_dict(n, t, f"{where}: tables[{_short(n)}]") for n, t in tables_raw.items()
+        }
         segs_raw = d.get("segments", [])
         if not isinstance(segs_raw, list):
             raise CorruptStoreError(f"{where}: 'segments' must be a list, found {_kind(segs_raw)}")
@@ -280,6 +426,7 @@ class Manifest:
             schema_version=version,
             generation=generation,
             replaced_from=replaced_from,
+            tables=tables,
         )
 
 

@@ -28,9 +28,17 @@ from gradmanifold.errors import (
 )
 from gradmanifold.projection import ProjectionSpec
 from gradmanifold.store.chunk import FLAG_NONFINITE, FLAG_SKIPPED, Chunk
-from gradmanifold.store.layout import array_issues, checksum, chunk_file, open_arrays
+from gradmanifold.store.layout import (
+    ARRAY_BY_NAME,
+    ROWS,
+    TABLE_BY_NAME,
+    array_issues,
+    checksum,
+    chunk_file,
+    open_arrays,
+)
 from gradmanifold.store.lock import read_holder
-from gradmanifold.store.manifest import BASE_ARRAYS, MANIFEST_NAME, Manifest, probe, read_manifest
+from gradmanifold.store.manifest import MANIFEST_NAME, Manifest, TableState, probe, read_manifest
 
 # Re-reads of a chunk whose checksum fails, each after re-reading the manifest (seconds to wait before each).
 # Chunk files and the manifest are replaced by atomic renames, so one re-read settles it on a local disk.
@@ -122,6 +130,41 @@ class StoreReader:
     def has_lr(self) -> bool:
         return "lr" in self.manifest.optional
 
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The tables the store holds ("rows", the main one, first; then e.g. "spectra")."""
+        return self.manifest.table_names
+
+    def table(self, name: str) -> TableState:
+        """The committed state of table `name` (sizes, rows, meta); UsageError when the store has none."""
+        if name not in self.manifest.table_names:
+            raise UsageError(
+                f"{self.path} holds no {name!r} table (it holds: {', '.join(self.manifest.table_names)})"
+            )
+        return self.manifest.table(name)
+
+    def read_table(self, name: str, rows: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+        """Committed rows [a, b) (default: all) of every array of table `name`, verified chunk by chunk.
+
+        Meant for the small tables (layer spectra, probes); the main rows stream through iter_chunks.
+        """
+        t = self.table(name)
+        a, b = (0, t.n_rows) if rows is None else (max(0, rows[0]), min(rows[1], t.n_rows))
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in t.arrays}
+        c = t.chunk_rows
+        for index in range(a // c, -(-b // c)) if b > a else ():
+            data = self.read_chunk(index, t.arrays)
+            lo = index * c
+            for n in t.arrays:
+                parts[n].append(data[n][max(a, lo) - lo : min(b, lo + c) - lo])
+        dims = t.dims
+        return {
+            n: np.concatenate(v)
+            if v
+            else np.zeros((0, *(dims[d] for d in ARRAY_BY_NAME[n].dims)), ARRAY_BY_NAME[n].dtype)
+            for n, v in parts.items()
+        }
+
     def steps(self) -> np.ndarray:
         """Training step of every committed row (int64 [n_steps]; 8 bytes a row)."""
         if self._steps is None:
@@ -172,7 +215,7 @@ class StoreReader:
         """
         stop = self.n_steps if row_stop is None else min(int(row_stop), self.n_steps)
         start = max(0, int(row_start))
-        names = (*BASE_ARRAYS, *self.manifest.optional)
+        names = self.manifest.table(ROWS).arrays
         sel = None if groups is None else np.asarray(list(groups), dtype=np.intp)
         excluded: list[ExcludedChunk] = []
         self.excluded = excluded
@@ -210,13 +253,15 @@ class StoreReader:
         On a mismatch the manifest is read again: rows the writer replaced since this reader opened the
         store raise StoreChangedError; a mismatch that persists under an unchanged commit is corruption.
         """
-        c = self.chunk_rows
-        lo, hi = index * c, min((index + 1) * c, self.n_steps)
+        names = tuple(names or self.manifest.table(ROWS).arrays)
+        t = self.manifest.table(ARRAY_BY_NAME[names[0]].table)
+        c = t.chunk_rows
+        lo, hi = index * c, min((index + 1) * c, t.n_rows)
         if not 0 <= lo < hi:
             raise IndexError(f"chunk {index} holds no committed rows")
         out: dict[str, np.ndarray] = {}
-        for name in names or (*BASE_ARRAYS, *self.manifest.optional):
-            data, why = self._read_checked(name, index, lo, hi, self.manifest.checksums[name][index])
+        for name in names:
+            data, why = self._read_checked(name, index, lo, hi, t.checksums[name][index])
             if why:
                 data, why = self._retry(name, index, lo, hi, why)
             if why:
@@ -228,12 +273,14 @@ class StoreReader:
     def verify(self) -> list[ChunkDamagedError]:
         """Check every committed chunk of every array; returns the problems found (empty when sound)."""
         problems = []
-        for i in range(self.manifest.n_chunks):
-            for name in (*BASE_ARRAYS, *self.manifest.optional):
-                try:
-                    self.read_chunk(i, (name,))
-                except ChunkDamagedError as exc:
-                    problems.append(exc)
+        for table in self.tables:
+            t = self.manifest.table(table)
+            for i in range(t.n_chunks):
+                for name in t.arrays:
+                    try:
+                        self.read_chunk(i, (name,))
+                    except ChunkDamagedError as exc:
+                        problems.append(exc)
         return problems
 
     def info(self) -> dict[str, Any]:
@@ -284,8 +331,8 @@ class StoreReader:
                     f"{self.path}: array {name!r} cannot be opened ({type(exc).__name__}: {_brief(exc)}); "
                     "its metadata (zarr.json) is damaged or missing; `gradmanifold repair` rebuilds it"
                 ) from None
-            m = self.manifest
-            issues = array_issues(arr, name, len(m.groups), m.k, m.chunk_rows, m.n_rows)
+            t = self.manifest.table(ARRAY_BY_NAME[name].table)
+            issues = array_issues(arr, name, t.dims, t.chunk_rows, t.n_rows)
             if issues:
                 raise CorruptStoreError(
                     f"{self.path}: array {name!r} disagrees with the manifest ({'; '.join(issues)}); one of "
@@ -335,8 +382,10 @@ class StoreReader:
                 fresh = read_manifest(self.path)
             except GradManifoldError:
                 fresh = mine  # judge by our own commit
+            # replaced_from counts main rows; any replacement of another table's rows changed it
             replaced = fresh.generation > mine.generation + 1 or (
-                fresh.generation == mine.generation + 1 and fresh.replaced_from < hi
+                fresh.generation == mine.generation + 1
+                and (fresh.replaced_from < hi or ARRAY_BY_NAME[name].table != ROWS)
             )
             if replaced:
                 raise StoreChangedError(
@@ -345,19 +394,23 @@ class StoreReader:
                     f"{fresh.generation}); open the store again to read the current rows"
                 )
             # Same rows as our commit: read again (an unusual file system may show a rename late).
-            data, why = self._read_checked(name, index, lo, hi, mine.checksums[name][index])
+            want = mine.table(ARRAY_BY_NAME[name].table).checksums[name][index]
+            data, why = self._read_checked(name, index, lo, hi, want)
             if not why:
                 return data, ""
         return data, why
 
-    def _steps_of(self, index: int) -> tuple[int, int] | None:
-        """First and last step of chunk `index`, from the (verified) step array; None if unknowable."""
-        c = self.chunk_rows
-        lo, hi = index * c, min((index + 1) * c, self.n_steps)
-        if self._steps is not None and hi <= len(self._steps):
+    def _steps_of(self, index: int, table: str = ROWS) -> tuple[int, int] | None:
+        """First and last step of chunk `index` of `table`, from its (verified) step array; None if
+        unknowable."""
+        t = self.manifest.table(table)
+        key = TABLE_BY_NAME[table].step
+        c = t.chunk_rows
+        lo, hi = index * c, min((index + 1) * c, t.n_rows)
+        if table == ROWS and self._steps is not None and hi <= len(self._steps):
             return int(self._steps[lo]), int(self._steps[hi - 1])
         try:
-            data, why = self._read_checked("step", index, lo, hi, self.manifest.checksums["step"][index])
+            data, why = self._read_checked(key, index, lo, hi, t.checksums[key][index])
         except CorruptStoreError:
             return None
         if why or data is None:
@@ -365,9 +418,11 @@ class StoreReader:
         return int(data[0]), int(data[-1])
 
     def _corrupt(self, index: int, name: str, why: str) -> ChunkDamagedError:
-        c = self.chunk_rows
-        lo, hi = index * c, min((index + 1) * c, self.n_steps)
-        se = self._steps_of(index)
+        table = ARRAY_BY_NAME[name].table
+        t = self.manifest.table(table)
+        c = t.chunk_rows
+        lo, hi = index * c, min((index + 1) * c, t.n_rows)
+        se = self._steps_of(index, table)
         steps = f", steps {se[0]}..{se[1]}" if se else ", steps unknown: its step chunk is damaged too"
         return ChunkDamagedError(
             f"{self.path}: chunk {index} of '{name}' (rows {lo}..{hi - 1}{steps}) is damaged ({why}); "

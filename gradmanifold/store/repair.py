@@ -27,10 +27,16 @@ from typing import Any
 import numpy as np
 
 from gradmanifold.errors import CorruptStoreError, StoreWriteError
-from gradmanifold.store.layout import create_arrays, leftover_temp_files
+from gradmanifold.store.layout import (
+    ARRAY_BY_NAME,
+    ROWS,
+    STORE_ATTRS,
+    TABLE_BY_NAME,
+    create_arrays,
+    leftover_temp_files,
+)
 from gradmanifold.store.lock import WriterLock
 from gradmanifold.store.manifest import (
-    BASE_ARRAYS,
     MANIFEST_NAME,
     Manifest,
     Segment,
@@ -56,10 +62,17 @@ class RepairResult:
     rebuilt_metadata: tuple[str, ...]
     backup: str | None  # folder holding the backup, None when nothing was removed
     reasons: tuple[str, ...] = field(default=())
+    # tables besides the main rows that were cut: name -> (rows before, rows after)
+    tables_cut: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
-        return bool(self.removed_files or self.rebuilt_metadata or self.rows_after != self.rows_before)
+        return bool(
+            self.removed_files
+            or self.rebuilt_metadata
+            or self.rows_after != self.rows_before
+            or self.tables_cut
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +86,7 @@ class RepairResult:
             "rebuilt_metadata": list(self.rebuilt_metadata),
             "backup": self.backup,
             "reasons": list(self.reasons),
+            "tables_cut": {n: list(v) for n, v in self.tables_cut.items()},
         }
 
 
@@ -111,7 +125,6 @@ def _plan_and_apply(
     drop_sound_tail: bool,
 ) -> RepairResult:
     m = read_manifest(root)
-    names = (*BASE_ARRAYS, *m.optional)
     rebuilt: list[str] = []
     backup: Path | None = None
     if not report.damaged_metadata:
@@ -136,7 +149,7 @@ def _plan_and_apply(
                     "the damaged part; repair changed nothing (inspect manifest.json, restore it from a copy)"
                 )
     try:
-        keep, reasons = _rows_to_keep(root, m, report, drop_sound_tail)
+        keeps, reasons = _rows_to_keep(root, m, report, drop_sound_tail)
     except CorruptStoreError as exc:
         if rebuilt and not dry_run:
             raise CorruptStoreError(
@@ -144,11 +157,12 @@ def _plan_and_apply(
                 f"{backup})"
             ) from None
         raise
-    c = m.chunk_rows
+    keep = keeps[ROWS]
+    cut = {n: (m.table(n).n_rows, k) for n, k in keeps.items() if n != ROWS and k < m.table(n).n_rows}
     dropped_steps = None
     if keep < m.n_rows:
         dropped_steps = _dropped_steps(root, m, keep)
-    remove = [p for p in uncommitted_chunk_files(root, m, names, keep_rows=keep)]
+    remove = uncommitted_chunk_files(root, m, keeps)
     # A cut at a chunk boundary drops whole chunks; the cut chunk's file stays when it keeps rows.
     remove += [p for p in leftover_temp_files(root) if p not in remove]
     rel = tuple(str(p.relative_to(root)) for p in remove)
@@ -164,9 +178,10 @@ def _plan_and_apply(
             rebuilt_metadata=tuple(rebuilt),
             backup=None if backup_used is None else str(backup_used),
             reasons=tuple(reasons),
+            tables_cut=cut,
         )
 
-    if dry_run or (not rel and keep == m.n_rows):
+    if dry_run or (not rel and keep == m.n_rows and not cut):
         return result(backup)
     assert lock is not None
     if backup is None:
@@ -181,18 +196,16 @@ def _plan_and_apply(
     _write_backup_record(backup, root, m, keep, dropped_steps, rel, reasons, rebuilt)
     _fsync_tree(backup)
     # 5. commit point: the manifest that no longer names the dropped rows.
-    if keep < m.n_rows:
-        sums = {name: v[: keep // c] for name, v in m.checksums.items()}
-        steps = _kept_last_step(root, m, keep)
-        new = m.with_(
-            n_rows=keep,
-            last_step=steps,
-            checksums=sums,
-            generation=m.generation + 1,
-            replaced_from=keep,
-        )
-    else:
-        new = m
+    new = m
+    for name, k in keeps.items():
+        t = m.table(name)
+        if k < t.n_rows:
+            sums = {a: v[: k // t.chunk_rows] for a, v in t.checksums.items()}
+            new = new.with_table(
+                name, t.with_(n_rows=k, last_step=_kept_last_step(root, m, name, k), checksums=sums)
+            )
+    if new is not m:
+        new = new.with_(generation=m.generation + 1, replaced_from=keep)
     now = datetime.now(UTC).isoformat(timespec="seconds")
     segments = tuple(s.with_(status="interrupted") if s.status == "open" else s for s in new.segments)
     note = Segment(
@@ -220,25 +233,32 @@ def _plan_and_apply(
 
 def _rows_to_keep(
     root: Path, m: Manifest, report: VerifyReport, drop_sound_tail: bool
-) -> tuple[int, list[str]]:
-    bad = report.bad_chunks
-    if not bad:
-        if report.problems:  # damage that is no chunk's and survived the metadata rebuild
-            raise CorruptStoreError(f"{root}: {report.problems[0].message}; repair cannot fix this")
-        return m.n_rows, []
-    first = bad[0]
-    c = m.chunk_rows
-    sound_after = [i for i in range(first + 1, m.n_chunks) if i not in bad]
-    reasons = [p.message for p in report.problems if p.chunk is not None]
-    if sound_after and not drop_sound_tail:
-        lo = sound_after[0] * c
-        raise CorruptStoreError(
-            f"{root}: damaged chunk(s) {list(bad)} are followed by {len(sound_after)} sound chunk(s) "
-            f"(rows from {lo} on); repair only drops a damaged tail, so it dropped nothing. Read around the "
-            "damage with `gradmanifold analyze --skip-corrupt`, or cut the store at row "
-            f"{first * c} with `gradmanifold repair --drop-sound-tail` (the dropped rows go to a backup)"
-        )
-    return first * c, reasons
+) -> tuple[dict[str, int], list[str]]:
+    """Rows each table keeps: all, or up to its first damaged chunk when the damage is a tail."""
+    if report.problems and not any(p.chunk is not None for p in report.problems):
+        # damage that is no chunk's and survived the metadata rebuild
+        raise CorruptStoreError(f"{root}: {report.problems[0].message}; repair cannot fix this")
+    keeps: dict[str, int] = {}
+    for table in m.table_names:
+        t = m.table(table)
+        bad = report.bad_chunks_of(table)
+        if not bad:
+            keeps[table] = t.n_rows
+            continue
+        first = bad[0]
+        c = t.chunk_rows
+        sound_after = [i for i in range(first + 1, t.n_chunks) if i not in bad]
+        if sound_after and not drop_sound_tail:
+            lo = sound_after[0] * c
+            what = "" if table == ROWS else f" of table {table!r}"
+            raise CorruptStoreError(
+                f"{root}: damaged chunk(s) {list(bad)}{what} are followed by {len(sound_after)} sound "
+                f"chunk(s) (rows from {lo} on); repair only drops a damaged tail, so it dropped nothing. "
+                "Read around the damage with `gradmanifold analyze --skip-corrupt`, or cut the store at row "
+                f"{first * c} with `gradmanifold repair --drop-sound-tail` (the dropped rows go to a backup)"
+            )
+        keeps[table] = first * c
+    return keeps, [p.message for p in report.problems if p.chunk is not None]
 
 
 def _dropped_steps(root: Path, m: Manifest, keep: int) -> tuple[int | None, int | None]:
@@ -256,11 +276,12 @@ def _dropped_steps(root: Path, m: Manifest, keep: int) -> tuple[int | None, int 
     return step_at(keep), (m.last_step if m.last_step is not None else step_at(m.n_rows - 1))
 
 
-def _kept_last_step(root: Path, m: Manifest, keep: int) -> int | None:
+def _kept_last_step(root: Path, m: Manifest, table: str, keep: int) -> int | None:
     if keep == 0:
         return None
-    c = m.chunk_rows
-    step = StoreReader(root).read_chunk((keep - 1) // c, ("step",))["step"]
+    c = m.table(table).chunk_rows
+    key = TABLE_BY_NAME[table].step
+    step = StoreReader(root).read_chunk((keep - 1) // c, (key,))[key]
     return int(np.asarray(step)[(keep - 1) % c])
 
 
@@ -312,25 +333,20 @@ def _write_backup_record(
 
 def _rebuild_metadata(root: Path, m: Manifest, damaged: tuple[str, ...], backup: Path) -> list[str]:
     """Rewrite unusable zarr.json files from the manifest (dtype, chunks, shape); keep the old ones."""
-    names = (*BASE_ARRAYS, *m.optional)
+    names = [a for table in m.table_names for a in m.table(table).arrays]
     todo = list(names) if "." in damaged else [n for n in damaged if n in names]
     with tempfile.TemporaryDirectory(dir=backup) as tmp:
         template = Path(tmp) / "template.zarr"
-        create_arrays(
-            template,
-            names,
-            len(m.groups),
-            m.k,
-            m.chunk_rows,
-            attrs={"gradmanifold": {"schema": "gradmanifold.store", "manifest": MANIFEST_NAME}},
-        )
-        rows = max(-(-m.n_rows // m.chunk_rows) * m.chunk_rows, 0)
+        for table in m.table_names:
+            t = m.table(table)
+            create_arrays(template, t.arrays, t.dims, t.chunk_rows, attrs=STORE_ATTRS)
         files = (["."] if "." in damaged else []) + todo
         for name in files:
             rel = Path("zarr.json") if name == "." else Path(name) / "zarr.json"
             meta = json.loads((template / rel).read_text(encoding="utf-8"))
             if name != ".":
-                meta["shape"][0] = rows
+                t = m.table(ARRAY_BY_NAME[name].table)
+                meta["shape"][0] = max(t.n_chunks * t.chunk_rows, 0)
             old = root / rel
             if old.exists():
                 (backup / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ import numpy as np
 
 from gradmanifold.errors import CorruptStoreError, SpecMismatchError, StoreWriteError
 from gradmanifold.projection import ProjectionSpec, fingerprint
-from gradmanifold.store.layout import checksum
-from gradmanifold.store.manifest import GroupInfo, Manifest
+from gradmanifold.store.layout import ARRAY_BY_NAME, TABLE_BY_NAME, checksum
+from gradmanifold.store.manifest import GroupInfo, Manifest, TableState
 
 
 def check_spec(root: Path, m: Manifest, spec: ProjectionSpec, groups: Sequence[GroupInfo]) -> None:
@@ -55,12 +55,31 @@ def check_spec(root: Path, m: Manifest, spec: ProjectionSpec, groups: Sequence[G
         )
 
 
+def check_table(root: Path, name: str, have: TableState, dims: dict[str, int], meta: dict[str, Any]) -> None:
+    """Raise SpecMismatchError when a table the writer asks for differs from the one the store holds."""
+    problems = [
+        f"{key}: store has {have.dims.get(key)}, writer asks {dims.get(key)}"
+        for key in sorted(set(have.dims) | set(dims))
+        if have.dims.get(key) != dims.get(key)
+    ]
+    for key in sorted(set(have.meta) | set(meta)):
+        if have.meta.get(key) != meta.get(key):
+            problems.append(f"{key} differ")
+    if problems:
+        raise SpecMismatchError(
+            f"cannot append to table {name!r} of {root}: " + "; ".join(problems) + "; resume with the "
+            "store's settings, or record to a new store"
+        )
+
+
 def read_committed_chunk(
     root: Path, arrays: Mapping[str, Any], m: Manifest, index: int, names: Sequence[str]
 ) -> dict[str, np.ndarray]:
-    """The committed rows of chunk `index` of each array in `names`, checked against the manifest."""
-    c = m.chunk_rows
-    lo, hi = index * c, min((index + 1) * c, m.n_rows)
+    """The committed rows of chunk `index` of each array in `names` (one table's), checked against the
+    manifest."""
+    t = m.table(ARRAY_BY_NAME[names[0]].table)
+    c = t.chunk_rows
+    lo, hi = index * c, min((index + 1) * c, t.n_rows)
     out: dict[str, np.ndarray] = {}
     for name in names:
         data: np.ndarray | None = None
@@ -73,7 +92,7 @@ def read_committed_chunk(
         except Exception as exc:
             why = f"unreadable ({type(exc).__name__})"
         else:
-            why = "" if checksum(data) == m.checksums[name][index] else "checksum mismatch"
+            why = "" if checksum(data) == t.checksums[name][index] else "checksum mismatch"
         if why or data is None:
             raise CorruptStoreError(
                 f"{root}: chunk {index} of {name!r} (rows {lo}..{hi - 1}) is damaged ({why}), so "
@@ -84,27 +103,30 @@ def read_committed_chunk(
     return out
 
 
-def load_committed_steps(root: Path, arrays: Mapping[str, Any], m: Manifest) -> np.ndarray:
-    """The step of every committed row, verified chunk by chunk, strictly increasing up to last_step."""
-    n_rows, c = m.n_rows, m.chunk_rows
+def load_committed_steps(root: Path, arrays: Mapping[str, Any], m: Manifest, table: str) -> np.ndarray:
+    """The step of every committed row of `table`, verified chunk by chunk, strictly increasing up to its
+    last step."""
+    t = m.table(table)
+    key = TABLE_BY_NAME[table].step
+    n_rows, c = t.n_rows, t.chunk_rows
     steps: np.ndarray | None
     try:  # one read (zarr fetches the chunks concurrently), then each chunk checked
-        steps = np.asarray(arrays["step"][:n_rows], dtype=np.int64)
+        steps = np.asarray(arrays[key][:n_rows], dtype=np.int64)
     except OSError as exc:
         raise StoreWriteError(f"{root}: cannot read the committed steps: {exc.strerror or exc}") from None
     except Exception:
         steps = None
-    for i in range(m.n_chunks):
+    for i in range(t.n_chunks):
         lo, hi = i * c, min((i + 1) * c, n_rows)
-        if steps is None or checksum(steps[lo:hi]) != m.checksums["step"][i]:
+        if steps is None or checksum(steps[lo:hi]) != t.checksums[key][i]:
             steps = None
-            read_committed_chunk(root, arrays, m, i, ("step",))  # raises, naming the chunk, when damaged
+            read_committed_chunk(root, arrays, m, i, (key,))  # raises, naming the chunk, when damaged
     if steps is None:  # the bulk read failed, yet every chunk verifies alone: use those
-        parts = [read_committed_chunk(root, arrays, m, i, ("step",))["step"] for i in range(m.n_chunks)]
+        parts = [read_committed_chunk(root, arrays, m, i, (key,))[key] for i in range(t.n_chunks)]
         steps = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-    if n_rows and (int(steps[-1]) != m.last_step or np.any(np.diff(steps) <= 0)):
+    if n_rows and (int(steps[-1]) != t.last_step or np.any(np.diff(steps) <= 0)):
         raise CorruptStoreError(
-            f"{root}: the committed steps are not strictly increasing up to last_step {m.last_step}; "
-            "run `gradmanifold verify`"
+            f"{root}: the committed steps of {key!r} are not strictly increasing up to last step "
+            f"{t.last_step}; run `gradmanifold verify`"
         )
     return steps

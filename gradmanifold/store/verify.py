@@ -17,13 +17,16 @@ import numpy as np
 
 from gradmanifold.store.chunk import FLAG_NONFINITE, FLAG_SKIPPED
 from gradmanifold.store.layout import (
+    ARRAY_BY_NAME,
+    ROWS,
+    TABLE_BY_NAME,
     array_issues,
     leftover_temp_files,
     open_arrays,
     open_group,
 )
 from gradmanifold.store.lock import read_holder
-from gradmanifold.store.manifest import BASE_ARRAYS, Manifest
+from gradmanifold.store.manifest import Manifest
 from gradmanifold.store.reader import ChunkDamagedError, StoreReader
 
 KNOWN_FLAGS = int(FLAG_NONFINITE | FLAG_SKIPPED)
@@ -74,8 +77,20 @@ class VerifyReport:
 
     @property
     def bad_chunks(self) -> tuple[int, ...]:
-        """Committed chunks with any damage, in order."""
-        return tuple(sorted({p.chunk for p in self.problems if p.chunk is not None}))
+        """Committed chunks of the main rows with any damage, in order."""
+        return self.bad_chunks_of(ROWS)
+
+    def bad_chunks_of(self, table: str) -> tuple[int, ...]:
+        """Committed chunks of `table` with any damage, in order."""
+        return tuple(
+            sorted(
+                {
+                    p.chunk
+                    for p in self.problems
+                    if p.chunk is not None and p.array is not None and ARRAY_BY_NAME[p.array].table == table
+                }
+            )
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,86 +121,30 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
     reader = StoreReader(path)
     m = reader.manifest
     root = reader.path
-    names = (*BASE_ARRAYS, *m.optional)
     problems: list[Problem] = []
-    damaged_meta = _check_metadata(root, m, names, problems)
+    damaged_meta = _check_metadata(root, m, problems)
     g = len(m.groups)
     nonfinite = np.zeros(g, np.int64)
     skipped = np.zeros(g, np.int64)
-    steps: list[np.ndarray | None] = []
-    c = m.chunk_rows
-    for i in range(m.n_chunks):
-        lo, hi = i * c, min((i + 1) * c, m.n_rows)
-        good: dict[str, np.ndarray] = {}
-        for name in names:
-            if name in damaged_meta:
-                continue
-            try:
-                good[name] = reader.read_chunk(i, (name,))[name]
-            except ChunkDamagedError as exc:
-                problems.append(_chunk_problem(root, name, i, lo, hi, exc.steps, exc.reason))
-        step = good.get("step")
-        steps.append(step)
-        se = (int(step[0]), int(step[-1])) if step is not None else None
-        if step is not None and np.any(np.diff(step) <= 0):
-            problems.append(
-                _chunk_problem(root, "step", i, lo, hi, se, "its steps are not strictly increasing")
-            )
-        flags = good.get("flags")
-        if flags is not None:
-            nonfinite += ((flags & FLAG_NONFINITE) != 0).sum(axis=0)
-            skipped += ((flags & FLAG_SKIPPED) != 0).sum(axis=0)
-            if np.any(flags & ~np.uint8(KNOWN_FLAGS)):
-                problems.append(_chunk_problem(root, "flags", i, lo, hi, se, "holds unknown flag bits"))
-        proj = good.get("proj")
-        if proj is not None and not np.isfinite(proj).all():
-            problems.append(
-                _chunk_problem(root, "proj", i, lo, hi, se, "holds NaN or Inf (never written so)")
-            )
-    # Steps across chunk boundaries, and the manifest's last step.
-    prev: int | None = None
-    for i, step in enumerate(steps):
-        if step is None:
-            prev = None
+    first: int | None = None
+    for table in m.table_names:
+        good = _check_table(reader, table, damaged_meta, problems)
+        if table != ROWS:
             continue
-        if prev is not None and int(step[0]) <= prev:
-            lo, hi = i * c, min((i + 1) * c, m.n_rows)
-            se = (int(step[0]), int(step[-1]))
-            problems.append(
-                _chunk_problem(
-                    root,
-                    "step",
-                    i,
-                    lo,
-                    hi,
-                    se,
-                    f"starts at or before step {prev}, where the chunk before ends",
-                )
-            )
-        prev = int(step[-1])
-    if steps and steps[-1] is not None and int(steps[-1][-1]) != m.last_step:
-        i = len(steps) - 1
-        lo, hi = i * c, m.n_rows
-        last = steps[-1]
-        problems.append(
-            _chunk_problem(
-                root,
-                "step",
-                i,
-                lo,
-                hi,
-                (int(last[0]), int(last[-1])),
-                f"ends at a step other than the manifest's last_step {m.last_step}",
-            )
-        )
-    first = int(steps[0][0]) if steps and steps[0] is not None else None
+        for i, chunk in enumerate(good):
+            flags = chunk.get("flags")
+            if flags is not None:
+                nonfinite += ((flags & FLAG_NONFINITE) != 0).sum(axis=0)
+                skipped += ((flags & FLAG_SKIPPED) != 0).sum(axis=0)
+            if i == 0 and chunk.get("step") is not None:
+                first = int(chunk["step"][0])
     temp = [str(p.relative_to(root)) for p in leftover_temp_files(root)]
-    uncommitted = [str(p.relative_to(root)) for p in uncommitted_chunk_files(root, m, names)]
+    uncommitted = [str(p.relative_to(root)) for p in uncommitted_chunk_files(root, m)]
     notes = _notes(root, m, temp, uncommitted)
     return VerifyReport(
         path=str(root),
         n_rows=m.n_rows,
-        chunk_rows=c,
+        chunk_rows=m.chunk_rows,
         n_chunks=m.n_chunks,
         first_step=first,
         last_step=m.last_step,
@@ -200,15 +159,66 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
     )
 
 
+def _check_table(
+    reader: StoreReader, table: str, damaged_meta: list[str], problems: list[Problem]
+) -> list[dict[str, np.ndarray]]:
+    """Every committed chunk of one table: checksums, values the writer never writes, step order.
+
+    Returns the sound arrays of each chunk (in chunk order) for the counts the report gives.
+    """
+    root, m = reader.path, reader.manifest
+    t = m.table(table)
+    key = TABLE_BY_NAME[table].step
+    c = t.chunk_rows
+    out: list[dict[str, np.ndarray]] = []
+    prev: int | None = None
+    for i in range(t.n_chunks):
+        lo, hi = i * c, min((i + 1) * c, t.n_rows)
+        good: dict[str, np.ndarray] = {}
+        for name in t.arrays:
+            if name in damaged_meta:
+                continue
+            try:
+                good[name] = reader.read_chunk(i, (name,))[name]
+            except ChunkDamagedError as exc:
+                problems.append(_chunk_problem(root, name, i, lo, hi, exc.steps, exc.reason))
+        out.append(good)
+        step = good.get(key)
+        se = (int(step[0]), int(step[-1])) if step is not None else None
+
+        found: list[tuple[str, str]] = []  # (array, why)
+        if step is not None and np.any(np.diff(step) <= 0):
+            found.append((key, "its steps are not strictly increasing"))
+        if step is not None and prev is not None and int(step[0]) <= prev:
+            found.append((key, f"starts at or before step {prev}, where the chunk before ends"))
+        if step is not None and i == t.n_chunks - 1 and int(step[-1]) != t.last_step:
+            found.append((key, f"ends at a step other than the manifest's last_step {t.last_step}"))
+        prev = None if step is None else int(step[-1])
+        flags = good.get("flags")
+        if flags is not None and np.any(flags & ~np.uint8(KNOWN_FLAGS)):
+            found.append(("flags", "holds unknown flag bits"))
+        for name, data in good.items():
+            if ARRAY_BY_NAME[name].finite and not np.isfinite(data).all():
+                found.append((name, "holds NaN or Inf (never written so)"))
+        problems += [_chunk_problem(root, name, i, lo, hi, se, why) for name, why in found]
+    return out
+
+
 _CHUNK_KEY = re.compile(r"^c/(\d+)(?:/0)*$")
 
 
-def uncommitted_chunk_files(
-    root: Path, m: Manifest, names: tuple[str, ...], keep_rows: int | None = None
-) -> list[Path]:
-    """Chunk files at or past the first chunk holding no committed row (rows past `keep_rows`)."""
-    rows = m.n_rows if keep_rows is None else keep_rows
-    first_free = -(-rows // m.chunk_rows)
+def uncommitted_chunk_files(root: Path, m: Manifest, keep: dict[str, int] | None = None) -> list[Path]:
+    """Chunk files at or past the first chunk of their table holding no committed row (or no row kept:
+    `keep` maps a table to the rows it keeps)."""
+    out = []
+    for table in m.table_names:
+        t = m.table(table)
+        first_free = -(-(keep or {}).get(table, t.n_rows) // t.chunk_rows)
+        out += _files_from(root, t.arrays, first_free)
+    return sorted(out)
+
+
+def _files_from(root: Path, names: tuple[str, ...], first_free: int) -> list[Path]:
     out = []
     for name in names:
         base = root / name / "c"
@@ -220,7 +230,7 @@ def uncommitted_chunk_files(
             match = _CHUNK_KEY.match(p.relative_to(root / name).as_posix())
             if match and int(match.group(1)) >= first_free:
                 out.append(p)
-    return sorted(out)
+    return out
 
 
 def _chunk_problem(
@@ -230,23 +240,23 @@ def _chunk_problem(
     return Problem(f"chunk {i} of {name!r} (rows {lo}..{hi - 1}{steps}): {why}", name, i, (lo, hi), se)
 
 
-def _check_metadata(root: Path, m: Manifest, names: tuple[str, ...], problems: list[Problem]) -> list[str]:
+def _check_metadata(root: Path, m: Manifest, problems: list[Problem]) -> list[str]:
     """Open each array on its own; check dtype, chunk shape and that its shape covers the committed rows."""
     damaged: list[str] = []
-    g, k, c = len(m.groups), m.k, m.chunk_rows
     try:
         open_group(root)
     except Exception as exc:
         problems.append(Problem(f"the zarr group metadata (zarr.json) is unusable ({_brief(exc)})"))
         damaged.append(".")
-    for name in names:
+    for name in (a for table in m.table_names for a in m.table(table).arrays):
+        t = m.table(ARRAY_BY_NAME[name].table)
         try:
             arr = open_arrays(root, (name,), writable=False)[name]
         except Exception as exc:
             problems.append(Problem(f"array {name!r} cannot be opened ({_brief(exc)})", name))
             damaged.append(name)
             continue
-        issues = array_issues(arr, name, g, k, c, m.n_rows)
+        issues = array_issues(arr, name, t.dims, t.chunk_rows, t.n_rows)
         if issues:
             problems.append(Problem(f"array {name!r} disagrees with the manifest: {'; '.join(issues)}", name))
             damaged.append(name)
