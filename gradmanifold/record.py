@@ -29,6 +29,7 @@ GroupsArg = None | Literal["auto", "single", "tensor"] | Mapping[str, str | Sequ
 SINGLE_GROUP = "all"
 OTHER_GROUP = "other"
 DEFAULT_MAX_GROUPS = 64
+DEFAULT_SPECTRA_TOP = 20
 FLAG_NONFINITE = 1
 FLAG_SKIPPED = 2
 
@@ -141,9 +142,24 @@ class Recorder:
         flush_interval: float = 30.0,
         chunk_rows: int | None = None,
         break_lock: bool = False,
+        spectra_every: int = 0,
+        spectra_top: int = DEFAULT_SPECTRA_TOP,
     ) -> None:
+        """Open nothing yet: the store is created (or continued) at the first record().
+
+        path: the store. k, seed, kind, s: the projection. groups, max_groups: how tensors are grouped.
+        every: record steps that are multiples of it. nonfinite: what a NaN/Inf gradient does. resume: an
+        existing store may, must or must not be continued. on_error: a failed write raises, or stops
+        recording with a warning. flush_interval: seconds between commits. chunk_rows: rows per chunk.
+        break_lock: break a stale lock. spectra_every: at recorded steps that are multiples of it, the top
+        `spectra_top` singular values and ||G||_F^2 of every gradient with ndim >= 2 (0: off; see
+        docs/SPECTRA.md).
+        """
         if every < 1:
             raise InputError(f"every must be >= 1, not {every}")
+        for name, v, lo in (("spectra_every", spectra_every, 0), ("spectra_top", spectra_top, 1)):
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
+                raise InputError(f"{name} must be an integer >= {lo}, not {v!r}")
         if nonfinite not in ("flag", "skip", "raise"):
             raise InputError(f"nonfinite must be 'flag', 'skip' or 'raise', not {nonfinite!r}")
         if on_error not in ("raise", "warn"):
@@ -164,6 +180,9 @@ class Recorder:
         self._resume = resume
         self._chunk_rows = chunk_rows
         self._break_lock = break_lock
+        self.spectra_every = int(spectra_every)
+        self.spectra_top = int(spectra_top)
+        self._spectra_layers: list[tuple[str, tuple[int, int]]] = []
         self._writer: Any = None
         self._layout: _Layout | None = None
         self._failed = False
@@ -198,7 +217,7 @@ class Recorder:
             return False
         named = _named_tensors(grads)
         if self._layout is None:
-            self._open([(n, _numel(g)) if g is not None else (n, -1) for n, g in named])
+            self._open([(n, _numel(g)) if g is not None else (n, -1) for n, g in named], named)
         proj, sqnorm, flags = self._project(named)
         bad = [g for (g, _), f in zip(self._layout.groups, flags, strict=True) if f & FLAG_NONFINITE]  # type: ignore[union-attr]
         if bad and self.nonfinite == "raise":
@@ -215,11 +234,67 @@ class Recorder:
         )
         if self._failed:
             return False
+        if self.spectra_every and step % self.spectra_every == 0:
+            row = self._spectra_row(named)
+            self._guard(lambda: self._writer.append_row("spectra", int(step), row))
+            if self._failed:
+                return False
         self.steps_recorded += 1
         self.steps_flagged += bool(bad)
         if time.monotonic() - self._last_commit > self.flush_interval:
             self.flush()
         return True
+
+    def probe(
+        self,
+        step: int,
+        model: Any,
+        loss_fn: Any,
+        batch: Any,
+        *,
+        top: int = DEFAULT_SPECTRA_TOP,
+        layers: str | Sequence[str] | None = None,
+    ) -> Any:
+        """Run a curvature probe (gradmanifold.probe.curvature) and store it at `step`; returns the probe.
+
+        model, loss_fn, batch: as for probe.curvature (loss_fn(model, batch) -> scalar). top: singular pairs
+        per layer. layers: glob(s) of parameter names (None: every matrix-shaped parameter). The store keeps
+        one row per probe; `gradmanifold spectrum` reports them. Record a step first (the store opens then).
+        """
+        from gradmanifold import probe as probe_mod
+
+        if self._writer is None or self._failed or self._closed:
+            raise InputError(
+                f"probe at step {step}: the store {self.path} is not open; record() a step before the first "
+                "probe (or the recorder has stopped)"
+            )
+        result = probe_mod.curvature(model, loss_fn, batch, top=top, layers=layers)
+        every_layer = [
+            (n, (int(p.shape[0]), int(np.prod(tuple(p.shape[1:])))))
+            for n, p in model.named_parameters()
+            if p.requires_grad and p.ndim >= 2
+        ]
+        meta = {"layers": [{"name": n, "shape": list(mn)} for n, mn in every_layer]}
+        q = int(top)
+        sigma = np.full((len(every_layer), q), np.nan)
+        h = np.full((len(every_layer), q), np.nan)
+        frob = np.full(len(every_layer), np.nan)
+        for i, (name, _) in enumerate(every_layer):
+            ly = result.layers.get(name)
+            if ly is None:
+                continue
+            sigma[i, : len(ly.sigma)] = ly.sigma
+            h[i, : len(ly.h)] = ly.h
+            frob[i] = ly.frob_sq
+        row = {"curvature_sigma": sigma, "curvature_h": h, "curvature_frob_sq": frob}
+
+        def store() -> None:
+            self._writer.add_table("curvature", {"layers": len(every_layer), "q": q}, meta)
+            self._writer.append_row("curvature", int(step), row)
+            self._writer.flush()
+
+        self._guard(store)
+        return result
 
     def flush(self) -> None:
         """Commit every buffered row now."""
@@ -293,7 +368,7 @@ class Recorder:
                 f"gradmanifold: recording stopped, training goes on: {exc}", RuntimeWarning, stacklevel=3
             )
 
-    def _open(self, tensors: list[tuple[str, int]]) -> None:
+    def _open(self, tensors: list[tuple[str, int]], named: list[tuple[str, Any]]) -> None:
         from gradmanifold.store import StoreWriter
 
         missing = [n for n, size in tensors if size < 0]
@@ -305,6 +380,8 @@ class Recorder:
         if not tensors:
             raise InputError("nothing to record: no gradients (no parameters with requires_grad?)")
         layout = _build_layout(tensors, self._groups_arg, self._max_groups)
+        if self.spectra_every:
+            self._spectra_layers = _matrix_layers(named, self.spectra_top)
         self._writer = StoreWriter(
             self.path,
             self.spec,
@@ -315,7 +392,43 @@ class Recorder:
         )
         self._layout = layout
         self._register_exit_hook()
+        if self._spectra_layers:
+            meta = {
+                "layers": [{"name": n, "shape": list(mn)} for n, mn in self._spectra_layers],
+                "every": self.spectra_every,
+            }
+            dims = {"layers": len(self._spectra_layers), "q": self.spectra_top}
+            try:
+                self._writer.add_table("spectra", dims, meta)
+            except BaseException:
+                self._writer.abandon()
+                self._writer = None
+                self._layout = None
+                raise
         self._where = {m.tensor: (gi, m) for gi, (_, ms) in enumerate(layout.groups) for m in ms}
+
+    def _spectra_row(self, named: list[tuple[str, Any]]) -> dict[str, np.ndarray]:
+        """Top singular values (NaN beyond a layer's min(m, n), or for a missing or non-finite gradient)
+        and ||G||_F^2 of each recorded layer, computed where its gradient lives."""
+        from gradmanifold.lowrank import top_singular_values
+
+        grads = dict(named)
+        q = self.spectra_top
+        sigma = np.full((len(self._spectra_layers), q), np.nan)
+        frob = np.full(len(self._spectra_layers), np.nan)
+        for i, (name, (m, n)) in enumerate(self._spectra_layers):
+            g = grads.get(name)
+            if g is None:
+                continue
+            if _shape(g)[0] != m or _numel(g) != m * n:
+                raise InputError(f"gradient {name!r} changed shape: its spectra were recorded as {m} x {n}")
+            try:
+                mat = g.reshape(m, n) if hasattr(g, "reshape") else np.asarray(g).reshape(m, n)
+                values, frob[i] = top_singular_values(mat, q, seed=self.spec.seed)
+            except InputError:  # non-finite: the main row flags it; the spectra row says NaN
+                continue
+            sigma[i, : len(values)] = values
+        return {"spectra_sigma": sigma, "spectra_frob_sq": frob}
 
     def _project(self, named: list[tuple[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         assert self._layout is not None
@@ -351,6 +464,32 @@ class Recorder:
         flags[nonfinite] |= FLAG_NONFINITE
         proj[nonfinite] = 0.0
         return proj.astype(np.float32), sqnorm, flags
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    shape = getattr(x, "shape", None)
+    return tuple(int(d) for d in (shape if shape is not None else np.shape(x)))
+
+
+def _matrix_layers(named: list[tuple[str, Any]], top: int) -> list[tuple[str, tuple[int, int]]]:
+    """The tensors whose spectra are recorded (ndim >= 2, read as shape[0] x the rest), with (m, n)."""
+    layers = []
+    for name, g in named:
+        shape = _shape(g) if g is not None else ()
+        if len(shape) >= 2:
+            layers.append((name, (shape[0], int(np.prod(shape[1:])))))
+    if not layers:
+        raise InputError(
+            "spectra_every is set but no gradient has two or more dimensions (a singular spectrum needs a "
+            "matrix: record a model with weight matrices, or dumps that keep each tensor's shape)"
+        )
+    biggest = max(min(mn) for _, mn in layers)
+    if top > biggest:
+        raise InputError(
+            f"spectra_top={top} is more singular values than any layer has (the largest min(m, n) is "
+            f"{biggest}); use spectra_top <= {biggest}"
+        )
+    return layers
 
 
 def _scalar(v: Any) -> float | None:

@@ -30,6 +30,16 @@ of the numbers `gradmanifold analyze` reports, computed independently of the rec
     N(0, sigma^2 I) with sigma = noise ||grad J(K_0)|| / sqrt(d); the step is K <- K - eta g with
     eta = lr / (2 ||R + B^T P B|| ||Sigma_K||) at K_0. Nonlinear, so no closed form: the ground truth is
     estimated from `replicas` independent runs (mean and standard deviation of kappa, median r*).
+``spiked-two-layer`` (nu = 0.5, samples = 256, hidden = 0, lr = 0.5, batch = 0, replicas = 4)
+    Gradient descent on the first layer W [hidden, p] of f(x) = sum_j a_j relu(w_j^T x) / sqrt(hidden)
+    (a_j = +-1 fixed), loss (1/2n) sum (f(x_i) - y_i)^2, on the spiked data of arXiv:2510.01303:
+    X = X_B + zeta z q^T, zeta = n^nu, X_B [n, p] and z [n] standard normal, q a unit p-vector, teacher
+    y = tanh(X beta) (beta a unit vector). hidden * p = d (hidden = 0: the largest divisor of d up to
+    sqrt(d / 2)); each step yields the flat [hidden, p] gradient (row-major); batch = 0 is full batch, else
+    minibatches of that size. Step size lr n / ||X||_op^2 (the Hessian is at most ||X||_op^2 / n). kappa and
+    r* are estimated from `replicas` fresh data sets; `SpikedTruth` adds, per step of this seed's stream, the
+    exact split G = S1 + S2 + E of gradmanifold.probe.two_layer with the planted q: ||E||_op / ||G||_op, the
+    top-2 energy share of G and its lower bound 1 - ||E||_F^2 / ||G||_F^2 (Eckart-Young: S1 + S2 has rank 2).
 
 How the expectations are computed. The first four tasks are linear Gaussian processes that split into
 independent coordinate classes (a deterministic mean part and zero-mean noise parts, whose cross terms vanish
@@ -81,6 +91,7 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "lowrank-drift": {"rank": 8, "revert": 0.05, "noise": 0.0, "decay": 1.0},
     "noisy-quadratic": {"cond": 100.0, "lr": 0.5, "noise": 1.0, "classes": 16},
     "lqr": {"noise": 0.02, "lr": 0.5, "replicas": 16},
+    "spiked-two-layer": {"nu": 0.5, "samples": 256, "hidden": 0, "lr": 0.5, "batch": 0, "replicas": 4},
 }
 TASKS: tuple[str, ...] = tuple(DEFAULTS)
 
@@ -115,6 +126,11 @@ class SyntheticTask:
             for x in eps:
                 ranks[repr(float(x))].append(rank_from_energies(sv2, x))
         return {key: int(np.median(v)) for key, v in ranks.items()}
+
+    @property
+    def matrix_shape(self) -> tuple[int, int] | None:
+        """(rows, cols) each flat gradient reshapes to (row-major) for matrix tasks, else None."""
+        return _spiked_dims(self) if self.name == "spiked-two-layer" else None
 
     def array(self) -> np.ndarray:
         """The whole stream as float64 [steps, dim] (for tests and small runs)."""
@@ -154,6 +170,8 @@ def make_task(
         )
     if name == "noisy-quadratic" and int(o["classes"]) < 1:
         raise UsageError(f"classes must be at least 1, not {o['classes']}")
+    if name == "spiked-two-layer":
+        _check_spiked(task)
     if name == "lqr" and dim > 4096:
         raise UsageError(f"lqr solves Lyapunov equations of n x n states; use --dim up to 4096, not {dim}")
     return task
@@ -352,6 +370,132 @@ def _lqr_truth(task: SyntheticTask, pr: tuple[str, ...], eps: tuple[float, ...])
     )
 
 
+# ---------------------------------------------------------------------------------------------- spiked
+
+
+def _spiked_dims(task: SyntheticTask) -> tuple[int, int]:
+    hidden = int(task.options["hidden"]) or _lqr_dims(task.dim)[1]
+    return hidden, task.dim // hidden
+
+
+def _check_spiked(task: SyntheticTask) -> None:
+    o, d = task.options, task.dim
+    if int(o["hidden"]) < 0 or (int(o["hidden"]) and d % int(o["hidden"])):
+        raise UsageError(f"hidden must divide --dim ({d}) (or be 0 for automatic), not {o['hidden']}")
+    if not 2 <= int(o["samples"]) <= 1_000_000:
+        raise UsageError(f"samples must be between 2 and 1000000, not {o['samples']}")
+    if not 0.0 <= o["nu"] <= 2.0:
+        raise UsageError(f"nu (spike size zeta = samples^nu) must be in [0, 2], not {o['nu']}")
+    if not 0.0 < o["lr"] < 2.0:
+        raise UsageError(f"lr (times the largest curvature) must be in (0, 2), not {o['lr']}")
+    if not 0 <= int(o["batch"]) <= int(o["samples"]):
+        raise UsageError(f"batch must be 0 (full batch) or between 1 and samples, not {o['batch']}")
+    if int(o["replicas"]) < 1:
+        raise UsageError(f"replicas must be at least 1, not {o['replicas']}")
+
+
+@dataclass(frozen=True)
+class _SpikedStep:
+    """One step of the spiked task: the gradient [hidden, p] and what produced it."""
+
+    grad: np.ndarray
+    w: np.ndarray
+    a: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    q: np.ndarray
+
+
+def _spiked_run(task: SyntheticTask, rng: np.random.Generator) -> Iterator[_SpikedStep]:
+    o = task.options
+    hidden, p = _spiked_dims(task)
+    n, batch = int(o["samples"]), int(o["batch"])
+    q = _unit(rng, p)
+    x = rng.standard_normal((n, p)) + float(n) ** o["nu"] * np.outer(rng.standard_normal(n), q)
+    y = np.tanh(x @ _unit(rng, p))
+    w = rng.standard_normal((hidden, p)) / math.sqrt(p)
+    a = rng.choice([-1.0, 1.0], hidden) / math.sqrt(hidden)
+    eta = o["lr"] * n / float(np.linalg.norm(x, 2)) ** 2
+    for _ in range(task.steps):
+        rows = np.sort(rng.choice(n, batch, replace=False)) if batch else slice(None)
+        xb, yb = x[rows], y[rows]
+        pre = xb @ w.T
+        r = np.maximum(pre, 0.0) @ a - yb
+        g = ((r[:, None] * a[None, :]) * (pre > 0)).T @ xb / len(yb)
+        yield _SpikedStep(g, w, a, xb, yb, q)
+        w = w - eta * g
+
+
+def _spiked(task: SyntheticTask, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    for step in _spiked_run(task, rng):
+        yield step.grad.ravel()
+
+
+@dataclass(frozen=True)
+class SpikedTruth(GroundTruth):
+    """GroundTruth (kappa, r* from replicas) plus the exact two-rank-one split of each step of this stream.
+
+    Per step t: e_ratio ||E||_op / ||G||_op, s1_ratio and s2_ratio (||S_i||_op / ||G||_op), top2_energy
+    (sigma_1^2 + sigma_2^2) / ||G||_F^2 and top2_bound 1 - ||E||_F^2 / ||G||_F^2 <= top2_energy; shape is
+    (hidden, p), zeta the spike size.
+    """
+
+    shape: tuple[int, int] = (0, 0)
+    zeta: float = 0.0
+    e_ratio: tuple[float, ...] = ()
+    s1_ratio: tuple[float, ...] = ()
+    s2_ratio: tuple[float, ...] = ()
+    top2_energy: tuple[float, ...] = ()
+    top2_bound: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        keys = ("e_ratio", "s1_ratio", "s2_ratio", "top2_energy", "top2_bound")
+        split: dict[str, Any] = {k: [v if math.isfinite(v) else None for v in getattr(self, k)] for k in keys}
+        finite = [v for v in self.e_ratio if math.isfinite(v)]
+        split.update(shape=list(self.shape), zeta=self.zeta, e_ratio_max=max(finite, default=None))
+        out["two_rank_one"] = split
+        return out
+
+
+def _spiked_truth(task: SyntheticTask, pr: tuple[str, ...], eps: tuple[float, ...]) -> GroundTruth:
+    from gradmanifold.probe import two_layer
+
+    reps = int(task.options["replicas"])
+    kap, sv2 = [], []
+    for i in range(reps):
+        g = np.stack(list(_spiked(task, _spiked_rng(task, 99, i))))
+        kap.append(kappa_reference(g, pr))
+        sv2.append(increment_energies(g))
+    split = [
+        two_layer(st.w, st.a, st.x, st.y, q=st.q).summary() for st in _spiked_run(task, _spiked_rng(task))
+    ]
+
+    def per_step(key: str) -> tuple[float, ...]:
+        return tuple(math.nan if (v := t[key]) is None else v for t in split)
+
+    return SpikedTruth(
+        task.name,
+        task.steps,
+        task.dim,
+        {p: float(np.mean([x[p] for x in kap])) for p in pr},
+        {repr(float(x)): int(np.median([rank_from_energies(e, x) for e in sv2])) for x in eps},
+        f"estimated from {reps} replicas",
+        kappa_sd={p: float(np.std([x[p] for x in kap], ddof=1)) if reps > 1 else 0.0 for p in pr},
+        shape=_spiked_dims(task),
+        zeta=float(task.options["samples"]) ** task.options["nu"],
+        e_ratio=per_step("e_ratio"),
+        s1_ratio=per_step("s1_ratio"),
+        s2_ratio=per_step("s2_ratio"),
+        top2_energy=per_step("top2_energy"),
+        top2_bound=per_step("top2_bound"),
+    )
+
+
+def _spiked_rng(task: SyntheticTask, *replica: int) -> np.random.Generator:
+    return np.random.default_rng([task.seed, _TASK_TAG[task.name], *replica])
+
+
 def _unit(rng: np.random.Generator, d: int) -> np.ndarray:
     v = rng.standard_normal(d)
     return v / np.linalg.norm(v)
@@ -363,6 +507,7 @@ _GENERATORS = {
     "lowrank-drift": _lowrank,
     "noisy-quadratic": _noisy_quadratic,
     "lqr": _lqr,
+    "spiked-two-layer": _spiked,
 }
 _TRUTHS = {
     "white-noise": _white_noise_truth,
@@ -370,6 +515,7 @@ _TRUTHS = {
     "lowrank-drift": _lowrank_truth,
     "noisy-quadratic": _noisy_quadratic_truth,
     "lqr": _lqr_truth,
+    "spiked-two-layer": _spiked_truth,
 }
 
 __all__ = [
@@ -378,6 +524,7 @@ __all__ = [
     "PREDICTORS",
     "TASKS",
     "GroundTruth",
+    "SpikedTruth",
     "SyntheticTask",
     "kappa_reference",
     "make_task",
@@ -389,10 +536,15 @@ __all__ = [
 
 
 def record_task(task: SyntheticTask, recorder: Any, progress: Any = None) -> int:
-    """Record every step of `task` with `recorder` (one group, "all"); returns the steps recorded."""
+    """Record every step of `task` with `recorder` (one group, "all"); returns the steps recorded.
+
+    A matrix task's gradient goes in as its [rows, cols] matrix (same projection: flattened in C order), so
+    that a recorder with spectra on records its singular values too.
+    """
     n = 0
+    shape = task.matrix_shape
     for t, g in enumerate(task.gradients()):
-        n += bool(recorder.record(t, g))
+        n += bool(recorder.record(t, g if shape is None else g.reshape(shape)))
         if progress is not None:
             progress(t + 1, task.steps)
     return n

@@ -41,7 +41,14 @@ TRANSFORMER_GROUPS = {
 }
 
 
-def _torch_run(path: Path, train: Callable[..., dict[str, Any]], groups: Any, **kw: Any) -> dict[str, Any]:
+def _torch_run(
+    path: Path,
+    train: Callable[..., dict[str, Any]],
+    groups: Any,
+    rec_kw: dict[str, Any] | None = None,
+    probe: Callable[[int, Any, Any], None] | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
     import torch
 
     from gradmanifold import Recorder
@@ -56,8 +63,12 @@ def _torch_run(path: Path, train: Callable[..., dict[str, Any]], groups: Any, **
         if rec is None:
             names = [n for n, p in model.named_parameters() if p.requires_grad]
             g = groups_for(groups, names) if isinstance(groups, str) else groups
-            rec = Recorder(path, k=K, seed=SEED, groups=g, resume="never", chunk_rows=CHUNK_ROWS)
+            rec = Recorder(
+                path, k=K, seed=SEED, groups=g, resume="never", chunk_rows=CHUNK_ROWS, **(rec_kw or {})
+            )
         rec.record(step, model, loss=loss, lr=lr)
+        if probe is not None:
+            probe(step, model, rec)
 
     result = train(on_step=on_step, **kw)
     rec.close()
@@ -80,6 +91,27 @@ def cnn_digits_adamw(path: Path) -> dict[str, Any]:
     from train_digits import train
 
     return _torch_run(path, train, "module", model_name="cnn", opt_name="adamw", steps=600, seed=SEED)
+
+
+def cnn_digits_spectra(path: Path) -> dict[str, Any]:
+    """The CNN run, also with layer spectra every 20 steps and a curvature probe every 200 steps."""
+    import torch
+    from train_digits import digits, train
+
+    x, y = digits(SEED)
+    batch = (x[:256], y[:256])  # a fixed batch: the probe's Hessian is that of this batch's loss
+
+    def loss_fn(model: Any, b: Any) -> Any:
+        return torch.nn.functional.cross_entropy(model(b[0]), b[1])
+
+    def probe(step: int, model: Any, rec: Any) -> None:
+        if step % 200 == 0 or step == 599:
+            rec.probe(step, model, loss_fn, batch, top=8)
+
+    rec_kw = {"spectra_every": 20, "spectra_top": 20}
+    return _torch_run(
+        path, train, "module", rec_kw, probe, model_name="cnn", opt_name="adamw", steps=600, seed=SEED
+    )
 
 
 def char_transformer_adamw(path: Path) -> dict[str, Any]:
@@ -105,6 +137,7 @@ SAMPLES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "mlp_digits_adamw": mlp_digits_adamw,
     "mlp_digits_sgdm": mlp_digits_sgdm,
     "cnn_digits_adamw": cnn_digits_adamw,
+    "cnn_digits_spectra": cnn_digits_spectra,
     "char_transformer_adamw": char_transformer_adamw,
     **{
         f"synthetic_{t.replace('-', '_')}": _synthetic(t)

@@ -26,6 +26,7 @@ from gradmanifold.cli.analyze import (
     analysis_options,
 )
 from gradmanifold.cli.app import app, handle_errors, write_out
+from gradmanifold.cli.spectrum import LayersOpt, TopOpt
 from gradmanifold.errors import EXIT_CHECK_FAILED
 
 
@@ -53,17 +54,32 @@ def check(
     groups: GroupsOpt = None,
     burn_in: BurnInOpt = 0,
     skip_corrupt: SkipCorruptOpt = False,
+    spectrum: Annotated[
+        bool,
+        typer.Option(
+            "--spectrum", help="Check the layer-spectra JSON (`spectrum --json`): layers.NAME.gamma.-1=2.5."
+        ),
+    ] = False,
+    top: TopOpt = None,
+    layers: LayersOpt = None,
 ) -> None:
     """Check analysis results against bounds: --max model.kappa.ema:0.9=1.2 --max model.rank.r_star.0.1=64."""
-    from gradmanifold.analysis import analyze as run_analysis
     from gradmanifold.report.checks import evaluate, parse_bounds
-    from gradmanifold.report.json import to_dict
 
     bounds = parse_bounds(max_ or [], min_ or [])
-    opts = analysis_options(
-        predictors, ema_grid, eps, window, svd, sketch_rank, start, stop, groups, burn_in, skip_corrupt
-    )
-    doc = to_dict(run_analysis(path, **opts))
+    if spectrum:
+        from gradmanifold.layerspectra import layer_spectra
+        from gradmanifold.report.spectra import to_dict as spectrum_dict
+
+        doc = spectrum_dict(layer_spectra(path, top=top, layers=layers))
+    else:
+        from gradmanifold.analysis import analyze as run_analysis
+        from gradmanifold.report.json import to_dict
+
+        opts = analysis_options(
+            predictors, ema_grid, eps, window, svd, sketch_rank, start, stop, groups, burn_in, skip_corrupt
+        )
+        doc = to_dict(run_analysis(path, **opts))
     outcomes = evaluate(doc, bounds)
     failed = [o for o in outcomes if not o.ok]
     for o in outcomes:

@@ -70,6 +70,16 @@ def record(
         list[str] | None,
         typer.Option("--param", help="--synthetic: task parameter KEY=VALUE (repeatable), e.g. q=0.8."),
     ] = None,
+    spectra_every: Annotated[
+        int,
+        typer.Option(
+            "--spectra-every",
+            help="Every N steps: top singular values of each weight gradient (0: off; docs/SPECTRA.md).",
+        ),
+    ] = 0,
+    spectra_top: Annotated[
+        int, typer.Option("--spectra-top", help="--spectra-every: singular values kept per layer.")
+    ] = 20,
     json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Record projected gradients into a store, from a wrapped job, from dump files, or a synthetic task.
@@ -86,7 +96,16 @@ def record(
     if (follow or delete_ingested or idle_timeout is not None) and source is None:
         raise fail("--follow, --idle-timeout and --delete-ingested go with --from")
     opts = RecordOptions(
-        out=str(out.absolute()), k=k, seed=seed, kind=kind, s=s, every=every, groups=groups, resume=resume
+        out=str(out.absolute()),
+        k=k,
+        seed=seed,
+        kind=kind,
+        s=s,
+        every=every,
+        groups=groups,
+        resume=resume,
+        spectra_every=spectra_every,
+        spectra_top=spectra_top,
     )
     if command:
         from gradmanifold.wrap import run_wrapped

@@ -86,7 +86,7 @@ TABLES: tuple[TableSpec, ...] = (
             ArraySpec("spectra_sigma", "float64", "spectra", ("layers", "q")),
             ArraySpec("spectra_frob_sq", "float64", "spectra", ("layers",)),
         ),
-        target_chunk_bytes=1 << 20,
+        target_chunk_bytes=64 << 10,
     ),
     # Curvature probes: per matrix layer the top singular values of the full-batch gradient and the exact
     # curvature h_k along u_k v_k^T (docs/PROBES.md); NaN where a layer was not probed.
@@ -100,7 +100,7 @@ TABLES: tuple[TableSpec, ...] = (
             ArraySpec("curvature_h", "float64", "curvature", ("layers", "q")),
             ArraySpec("curvature_frob_sq", "float64", "curvature", ("layers",)),
         ),
-        target_chunk_bytes=1 << 20,
+        target_chunk_bytes=64 << 10,
     ),
 )
 TABLE_BY_NAME = {t.name: t for t in TABLES}

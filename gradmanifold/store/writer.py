@@ -362,7 +362,7 @@ class StoreWriter:
     ) -> None:
         """Make sure the store holds table `name` with these sizes and meta (store.layout.TABLES).
 
-        A new table is created empty and committed at once (chunk_rows: rows per chunk, default ~1 MiB of
+        A new table is created empty and committed at once (chunk_rows: rows per chunk, default ~64 KiB of
         its widest array); an existing one (a resumed run) must match, else SpecMismatchError names the
         difference.
         """

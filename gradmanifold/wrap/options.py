@@ -13,6 +13,8 @@ environment variables, set by the parent (a job can also set them itself and put
     GRADMANIFOLD_RECORD_GROUPS    auto | single | tensor | module | NAME=GLOB[|GLOB],... (auto)
     GRADMANIFOLD_RECORD_RESUME    allow | must | never (allow)
     GRADMANIFOLD_RECORD_FLUSH     seconds between commits (30)
+    GRADMANIFOLD_RECORD_SPECTRA_EVERY   layer spectra every N steps (0: off)
+    GRADMANIFOLD_RECORD_SPECTRA_TOP     singular values kept per layer (20)
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ _ENV_FIELDS = {
     "groups": "GROUPS",
     "resume": "RESUME",
     "flush_interval": "FLUSH",
+    "spectra_every": "SPECTRA_EVERY",
+    "spectra_top": "SPECTRA_TOP",
 }
 
 
@@ -52,6 +56,8 @@ class RecordOptions:
     groups: str = "auto"
     resume: str = "allow"
     flush_interval: float = 30.0
+    spectra_every: int = 0
+    spectra_top: int = 20
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -60,6 +66,12 @@ class RecordOptions:
             raise UsageError(f"--kind must be sparse or gaussian, not {self.kind!r}")
         if self.every < 1:
             raise UsageError(f"--every must be at least 1, not {self.every}")
+        if self.spectra_every < 0:
+            raise UsageError(
+                f"--spectra-every must be 0 (off) or a positive step count, not {self.spectra_every}"
+            )
+        if self.spectra_top < 1:
+            raise UsageError(f"--spectra-top must be at least 1, not {self.spectra_top}")
         if self.resume not in ("allow", "must", "never"):
             raise UsageError(f"--resume must be allow, must or never, not {self.resume!r}")
         parse_groups(self.groups)  # validate early, with the option's name in the message
@@ -78,6 +90,8 @@ class RecordOptions:
             every=self.every,
             resume=self.resume,  # type: ignore[arg-type]
             flush_interval=self.flush_interval,
+            spectra_every=self.spectra_every,
+            spectra_top=self.spectra_top,
             **extra,
         )
 
@@ -95,7 +109,16 @@ class RecordOptions:
         if not raw["out"]:
             return None
         kw: dict[str, Any] = {"out": raw["out"]}
-        for name, conv in (("k", int), ("seed", int), ("s", int), ("every", int), ("flush_interval", float)):
+        convs: tuple[tuple[str, type], ...] = (
+            ("k", int),
+            ("seed", int),
+            ("s", int),
+            ("every", int),
+            ("flush_interval", float),
+            ("spectra_every", int),
+            ("spectra_top", int),
+        )
+        for name, conv in convs:
             text = raw[name]
             if text:
                 try:
