@@ -17,7 +17,8 @@ class Chunk:
     """Rows [row0, row0 + n) of a store (only committed rows), for a selection of groups.
 
     proj is float32 [n, G, k]; sqnorm float64 [n, G]; flags uint8 [n, G] (bit 0 non-finite, bit 1 skipped);
-    step int64 [n]; loss and lr float64 [n] (NaN where not recorded) or None when the store has none.
+    step int64 [n]; loss and lr float64 [n] (NaN where not recorded) or None when the store has none;
+    update float32 [n, G, k] and update_sqnorm float64 [n, G] (NaN where unknown) or None without updates.
     """
 
     row0: int
@@ -27,10 +28,40 @@ class Chunk:
     flags: np.ndarray
     loss: np.ndarray | None = None
     lr: np.ndarray | None = None
+    update: np.ndarray | None = None
+    update_sqnorm: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         return int(self.step.shape[0])
+
+    def rows(self, a: int, b: int) -> Chunk:
+        """Rows [a, b) of this chunk."""
+        return Chunk(
+            row0=self.row0 + a,
+            step=self.step[a:b],
+            proj=self.proj[a:b],
+            sqnorm=self.sqnorm[a:b],
+            flags=self.flags[a:b],
+            loss=None if self.loss is None else self.loss[a:b],
+            lr=None if self.lr is None else self.lr[a:b],
+            update=None if self.update is None else self.update[a:b],
+            update_sqnorm=None if self.update_sqnorm is None else self.update_sqnorm[a:b],
+        )
+
+    def select(self, groups: np.ndarray) -> Chunk:
+        """The same rows for a selection of groups (by index)."""
+        return Chunk(
+            row0=self.row0,
+            step=self.step,
+            proj=self.proj[:, groups],
+            sqnorm=self.sqnorm[:, groups],
+            flags=self.flags[:, groups],
+            loss=self.loss,
+            lr=self.lr,
+            update=None if self.update is None else self.update[:, groups],
+            update_sqnorm=None if self.update_sqnorm is None else self.update_sqnorm[:, groups],
+        )
 
 
 class ChunkSource(Protocol):

@@ -28,8 +28,8 @@ STORE_ATTRS = {"gradmanifold": {"schema": "gradmanifold.store", "manifest": "man
 class ArraySpec:
     """One array of a store: dtype, the table whose row axis it shares, its trailing dimensions by name.
 
-    `optional` arrays exist only when the writer asked for them (loss, lr); `finite` arrays never hold NaN or
-    Inf (the writer flags such rows instead), which verify checks.
+    `optional` arrays exist only when the writer asked for them (loss, lr, update); `finite` arrays never hold
+    NaN or Inf (the writer flags such rows instead), which verify checks.
     """
 
     name: str
@@ -73,6 +73,10 @@ TABLES: tuple[TableSpec, ...] = (
             ArraySpec("flags", "uint8", ROWS, ("groups",)),
             ArraySpec("loss", "float64", ROWS, optional=True),
             ArraySpec("lr", "float64", ROWS, optional=True),
+            # The parameter update since the previous recorded step, projected with the same R, and its
+            # squared norm (NaN where unknown: the first row of a writer, or norms of a "projected" store).
+            ArraySpec("update", "float32", ROWS, ("groups", "k"), optional=True),
+            ArraySpec("update_sqnorm", "float64", ROWS, ("groups",), optional=True),
         ),
     ),
     # Layer spectra: top-q singular values and the exact squared Frobenius norm of each matrix-shaped

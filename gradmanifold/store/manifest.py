@@ -13,6 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from gradmanifold.errors import CorruptStoreError, NotAStoreError, SchemaVersionError, StoreNotFoundError
+from gradmanifold.store.fields import (
+    MISSING,
+    check_text,
+    int_field,
+    is_crc,
+    kind,
+    opt_int,
+    opt_str,
+    short,
+    str_field,
+)
 from gradmanifold.store.layout import ROWS, TABLE_BY_NAME, TABLES
 from gradmanifold.store.lock import LOCK_NAME
 
@@ -20,7 +31,6 @@ MANIFEST_NAME = "manifest.json"
 SCHEMA = "gradmanifold.store"
 SCHEMA_VERSION = 2  # 2: tables besides the main rows ("tables"); version-1 stores are read and continued
 CHECKSUM_ALGORITHM = "crc32c"
-OPTIONAL_ROWS = ("loss", "lr")
 #: how a writer segment ended: still "open" (or killed: the next writer marks it "interrupted"), "closed",
 #: "failed" (the program raised), or "repaired" (a `gradmanifold repair` that dropped rows)
 
@@ -30,12 +40,15 @@ class StorePermissionError(StoreNotFoundError, PermissionError):
 
 
 SEGMENT_STATUSES = ("open", "closed", "failed", "interrupted", "repaired")
-BASE_ARRAYS = ("proj", "sqnorm", "step", "flags")
+BASE_ARRAYS = TABLE_BY_NAME[ROWS].required
+OPTIONAL_ROWS = TABLE_BY_NAME[ROWS].optional
+#: how a store's update_sqnorm was obtained: "exact" (the previous parameters were kept) or "projected" (only
+#: R theta was kept: update norms unknown, NaN)
+UPDATE_NORMS = ("exact", "projected")
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 MAX_ROWS = 1 << 48
 MAX_CHUNK_ROWS = 1 << 30
 MAX_GROUPS = 1 << 16
-MAX_TEXT = 4096
 
 
 @dataclass(frozen=True)
@@ -73,28 +86,28 @@ class Segment:
     def from_dict(cls, s: Any, where: str) -> Segment:
         """Parse one segment; wrong types or values raise CorruptStoreError."""
         if not isinstance(s, dict):
-            raise CorruptStoreError(f"{where} must be an object, found {_kind(s)}")
+            raise CorruptStoreError(f"{where} must be an object, found {kind(s)}")
         status = s.get("status", "open")
         if status not in SEGMENT_STATUSES:
             raise CorruptStoreError(
-                f"{where}: 'status' is {_short(status)}, expected one of {list(SEGMENT_STATUSES)}"
+                f"{where}: 'status' is {short(status)}, expected one of {list(SEGMENT_STATUSES)}"
             )
         seg = cls(
-            host=_str(s, "host", where),
-            pid=_int(s, "pid", where, lo=0, hi=INT64_MAX),
-            started=_str(s, "started", where),
+            host=str_field(s, "host", where),
+            pid=int_field(s, "pid", where, lo=0, hi=INT64_MAX),
+            started=str_field(s, "started", where),
             status=status,
-            ended=_opt_str(s, "ended", where),
-            first_row=_int(s, "first_row", where, lo=0, hi=MAX_ROWS, default=0),
-            rows=_int(s, "rows", where, lo=0, hi=INT64_MAX, default=0),
-            first_step=_opt_int(s, "first_step", where, lo=INT64_MIN, hi=INT64_MAX),
-            last_step=_opt_int(s, "last_step", where, lo=INT64_MIN, hi=INT64_MAX),
-            rewinds=_int(s, "rewinds", where, lo=0, hi=INT64_MAX, default=0),
-            nonfinite=_int(s, "nonfinite", where, lo=0, hi=INT64_MAX, default=0),
-            skipped=_int(s, "skipped", where, lo=0, hi=INT64_MAX, default=0),
+            ended=opt_str(s, "ended", where),
+            first_row=int_field(s, "first_row", where, lo=0, hi=MAX_ROWS, default=0),
+            rows=int_field(s, "rows", where, lo=0, hi=INT64_MAX, default=0),
+            first_step=opt_int(s, "first_step", where, lo=INT64_MIN, hi=INT64_MAX),
+            last_step=opt_int(s, "last_step", where, lo=INT64_MIN, hi=INT64_MAX),
+            rewinds=int_field(s, "rewinds", where, lo=0, hi=INT64_MAX, default=0),
+            nonfinite=int_field(s, "nonfinite", where, lo=0, hi=INT64_MAX, default=0),
+            skipped=int_field(s, "skipped", where, lo=0, hi=INT64_MAX, default=0),
         )
         for text in (seg.host, seg.started, seg.ended or ""):
-            _check_text(text, where)
+            check_text(text, where)
         return seg
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,15 +167,15 @@ class TableState:
         """Parse one table's entry; it must match the table's declaration in the registry."""
         spec = TABLE_BY_NAME.get(name)
         if spec is None or name == ROWS:
-            raise CorruptStoreError(f"{where}: unknown table {_short(name)}")
+            raise CorruptStoreError(f"{where}: unknown table {short(name)}")
         if not isinstance(d, dict):
-            raise CorruptStoreError(f"{where} must be an object, found {_kind(d)}")
-        chunk_rows = _int(d, "chunk_rows", where, lo=1, hi=MAX_CHUNK_ROWS)
-        dims_raw = d.get("dims", _MISSING)
+            raise CorruptStoreError(f"{where} must be an object, found {kind(d)}")
+        chunk_rows = int_field(d, "chunk_rows", where, lo=1, hi=MAX_CHUNK_ROWS)
+        dims_raw = d.get("dims", MISSING)
         if not isinstance(dims_raw, dict) or set(dims_raw) != set(spec.dims):
             raise CorruptStoreError(f"{where}: 'dims' must give exactly {list(spec.dims)}")
-        dims = {k: _int(dims_raw, k, f"{where}: dims", lo=1, hi=1 << 20) for k in spec.dims}
-        arrays = d.get("arrays", _MISSING)
+        dims = {k: int_field(dims_raw, k, f"{where}: dims", lo=1, hi=1 << 20) for k in spec.dims}
+        arrays = d.get("arrays", MISSING)
         if (
             not isinstance(arrays, list)
             or not set(spec.required) <= set(arrays)
@@ -173,13 +186,13 @@ class TableState:
                 f"{where}: 'arrays' must list {list(spec.required)} and some of {list(spec.optional)}, "
                 "once each"
             )
-        n_rows = _int(d, "n_rows", where, lo=0, hi=MAX_ROWS)
-        last_step = _opt_int(d, "last_step", where, lo=INT64_MIN, hi=INT64_MAX)
+        n_rows = int_field(d, "n_rows", where, lo=0, hi=MAX_ROWS)
+        last_step = opt_int(d, "last_step", where, lo=INT64_MIN, hi=INT64_MAX)
         if (last_step is None) != (n_rows == 0):
             raise CorruptStoreError(f"{where}: 'last_step' is {last_step} but 'n_rows' is {n_rows}")
         meta = d.get("meta", {})
         if not isinstance(meta, dict):
-            raise CorruptStoreError(f"{where}: 'meta' must be an object, found {_kind(meta)}")
+            raise CorruptStoreError(f"{where}: 'meta' must be an object, found {kind(meta)}")
         _check_layers(meta, dims, where)
         return cls(
             chunk_rows=chunk_rows,
@@ -187,7 +200,7 @@ class TableState:
             arrays=tuple(arrays),
             n_rows=n_rows,
             last_step=last_step,
-            checksums=_checksums(d.get("checksums", _MISSING), arrays, -(-n_rows // chunk_rows), where),
+            checksums=_checksums(d.get("checksums", MISSING), arrays, -(-n_rows // chunk_rows), where),
             meta=meta,
         )
 
@@ -202,8 +215,8 @@ def _check_layers(meta: dict[str, Any], dims: dict[str, int], where: str) -> Non
     for i, layer in enumerate(layers):
         lw = f"{where}: meta layers[{i}]"
         if not isinstance(layer, dict):
-            raise CorruptStoreError(f"{lw} must be an object, found {_kind(layer)}")
-        _check_text(_str(layer, "name", lw), lw)
+            raise CorruptStoreError(f"{lw} must be an object, found {kind(layer)}")
+        check_text(str_field(layer, "name", lw), lw)
         shape = layer.get("shape")
         if (
             not isinstance(shape, list)
@@ -218,14 +231,14 @@ def _check_layers(meta: dict[str, Any], dims: dict[str, int], where: str) -> Non
 def _checksums(raw: Any, names: Any, n_chunks: int, where: str) -> dict[str, tuple[str, ...]]:
     """Per-chunk checksums of each named array: n_chunks strings of 8 hex digits each."""
     if not isinstance(raw, dict):
-        raise CorruptStoreError(f"{where}: 'checksums' must be an object, found {_kind(raw)}")
+        raise CorruptStoreError(f"{where}: 'checksums' must be an object, found {kind(raw)}")
     out: dict[str, tuple[str, ...]] = {}
     for name in names:
         v = raw.get(name)
         if (
             not isinstance(v, list)
             or len(v) != n_chunks
-            or not all(isinstance(c, str) and _is_crc(c) for c in v)
+            or not all(isinstance(c, str) and is_crc(c) for c in v)
         ):
             raise CorruptStoreError(
                 f"{where}: checksums[{name!r}] must list {n_chunks} checksums of 8 hex digits "
@@ -258,6 +271,8 @@ class Manifest:
     replaced_from: int = 0
     # Tables besides the main rows (store.layout.TABLES), by name; the main table's state is the fields above.
     tables: dict[str, TableState] = field(default_factory=dict)
+    # With the update arrays: how their norms were obtained (UPDATE_NORMS); None without them.
+    updates: str | None = None
 
     @property
     def k(self) -> int:
@@ -317,6 +332,7 @@ class Manifest:
             "segments": [s.to_dict() for s in self.segments],
             "generation": self.generation,
             "replaced_from": self.replaced_from,
+            "updates": self.updates,
         }
 
     @classmethod
@@ -328,30 +344,30 @@ class Manifest:
         may add optional fields).
         """
         if not isinstance(d, dict):
-            raise CorruptStoreError(f"{where}: expected a JSON object, found {_kind(d)}")
+            raise CorruptStoreError(f"{where}: expected a JSON object, found {kind(d)}")
         if d.get("schema") != SCHEMA:
-            raise CorruptStoreError(f"{where}: 'schema' is {_short(d.get('schema'))}, expected {SCHEMA!r}")
-        version = _int(d, "schema_version", where, lo=1, hi=1 << 31)
+            raise CorruptStoreError(f"{where}: 'schema' is {short(d.get('schema'))}, expected {SCHEMA!r}")
+        version = int_field(d, "schema_version", where, lo=1, hi=1 << 31)
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{where}: store schema version {version} is newer than this gradmanifold reads "
                 f"({SCHEMA_VERSION}); upgrade gradmanifold"
             )
-        proj = d.get("projection", _MISSING)
+        proj = d.get("projection", MISSING)
         if not isinstance(proj, dict):
-            raise CorruptStoreError(f"{where}: 'projection' must be an object, found {_kind(proj)}")
-        k = _int(proj, "k", f"{where}: projection", lo=1, hi=1 << 20)
-        seed = _int(proj, "seed", f"{where}: projection", lo=0, hi=(1 << 64) - 1)
-        kind = proj.get("kind")
-        if kind not in ("sparse", "gaussian"):
+            raise CorruptStoreError(f"{where}: 'projection' must be an object, found {kind(proj)}")
+        k = int_field(proj, "k", f"{where}: projection", lo=1, hi=1 << 20)
+        seed = int_field(proj, "seed", f"{where}: projection", lo=0, hi=(1 << 64) - 1)
+        proj_kind = proj.get("kind")
+        if proj_kind not in ("sparse", "gaussian"):
             raise CorruptStoreError(
-                f"{where}: projection 'kind' is {_short(kind)}, expected 'sparse' or 'gaussian'"
+                f"{where}: projection 'kind' is {short(proj_kind)}, expected 'sparse' or 'gaussian'"
             )
-        s = _int(proj, "s", f"{where}: projection", lo=1, hi=k)
-        fingerprint = _str(d, "fingerprint", where)
-        groups_raw = d.get("groups", _MISSING)
+        s = int_field(proj, "s", f"{where}: projection", lo=1, hi=k)
+        fingerprint = str_field(d, "fingerprint", where)
+        groups_raw = d.get("groups", MISSING)
         if not isinstance(groups_raw, list) or not groups_raw:
-            raise CorruptStoreError(f"{where}: 'groups' must be a non-empty list, found {_kind(groups_raw)}")
+            raise CorruptStoreError(f"{where}: 'groups' must be a non-empty list, found {kind(groups_raw)}")
         if len(groups_raw) > MAX_GROUPS:
             raise CorruptStoreError(
                 f"{where}: 'groups' lists {len(groups_raw)} groups (at most {MAX_GROUPS})"
@@ -360,16 +376,16 @@ class Manifest:
         for i, g in enumerate(groups_raw):
             gw = f"{where}: groups[{i}]"
             if not isinstance(g, dict):
-                raise CorruptStoreError(f"{gw} must be an object, found {_kind(g)}")
-            name = _str(g, "name", gw)
+                raise CorruptStoreError(f"{gw} must be an object, found {kind(g)}")
+            name = str_field(g, "name", gw)
             if not name:
                 raise CorruptStoreError(f"{gw}: 'name' is empty")
-            groups.append(GroupInfo(name, _int(g, "size", gw, lo=0, hi=INT64_MAX)))
+            groups.append(GroupInfo(name, int_field(g, "size", gw, lo=0, hi=INT64_MAX)))
         if len({g.name for g in groups}) != len(groups):
             raise CorruptStoreError(f"{where}: group names are not unique")
-        chunk_rows = _int(d, "chunk_rows", where, lo=1, hi=MAX_CHUNK_ROWS)
-        n_rows = _int(d, "n_rows", where, lo=0, hi=MAX_ROWS)
-        last_step = _opt_int(d, "last_step", where, lo=INT64_MIN, hi=INT64_MAX)
+        chunk_rows = int_field(d, "chunk_rows", where, lo=1, hi=MAX_CHUNK_ROWS)
+        n_rows = int_field(d, "n_rows", where, lo=0, hi=MAX_ROWS)
+        last_step = opt_int(d, "last_step", where, lo=INT64_MIN, hi=INT64_MAX)
         if (last_step is None) != (n_rows == 0):
             raise CorruptStoreError(
                 f"{where}: 'last_step' is {last_step} but 'n_rows' is {n_rows} "
@@ -385,34 +401,44 @@ class Manifest:
         n_chunks = -(-n_rows // chunk_rows)
         algorithm = d.get("checksum_algorithm", CHECKSUM_ALGORITHM)
         if algorithm != CHECKSUM_ALGORITHM:
-            raise CorruptStoreError(f"{where}: unknown checksum algorithm {_short(algorithm)}")
-        sums_raw = d.get("checksums", _MISSING)
+            raise CorruptStoreError(f"{where}: unknown checksum algorithm {short(algorithm)}")
+        sums_raw = d.get("checksums", MISSING)
         if not isinstance(sums_raw, dict):
-            raise CorruptStoreError(f"{where}: 'checksums' must be an object, found {_kind(sums_raw)}")
+            raise CorruptStoreError(f"{where}: 'checksums' must be an object, found {kind(sums_raw)}")
         checksums = _checksums(sums_raw, (*BASE_ARRAYS, *optional), n_chunks, where)
+        updates = d.get("updates")
+        if (updates is None) == ("update" in optional) or (
+            updates is not None and updates not in UPDATE_NORMS
+        ):
+            raise CorruptStoreError(
+                f"{where}: 'updates' is {short(updates)}; a store with the update arrays says how their "
+                f"norms were obtained ({' or '.join(map(repr, UPDATE_NORMS))}), one without them says null"
+            )
+        if ("update" in optional) != ("update_sqnorm" in optional):
+            raise CorruptStoreError(f"{where}: 'optional' lists one of 'update' and 'update_sqnorm' alone")
         tables_raw = d.get("tables", {}) if version >= 2 else {}
         if not isinstance(tables_raw, dict):
-            raise CorruptStoreError(f"{where}: 'tables' must be an object, found {_kind(tables_raw)}")
+            raise CorruptStoreError(f"{where}: 'tables' must be an object, found {kind(tables_raw)}")
         tables = {
-            str(n): TableState.from_dict(n, t, f"{where}: tables[{_short(n)}]") for n, t in tables_raw.items()
+            str(n): TableState.from_dict(n, t, f"{where}: tables[{short(n)}]") for n, t in tables_raw.items()
         }
         segs_raw = d.get("segments", [])
         if not isinstance(segs_raw, list):
-            raise CorruptStoreError(f"{where}: 'segments' must be a list, found {_kind(segs_raw)}")
+            raise CorruptStoreError(f"{where}: 'segments' must be a list, found {kind(segs_raw)}")
         segments = tuple(Segment.from_dict(s, f"{where}: segments[{i}]") for i, s in enumerate(segs_raw))
         versions = d.get("versions", {})
         if not isinstance(versions, dict) or not all(isinstance(v, str) for v in versions.values()):
             raise CorruptStoreError(f"{where}: 'versions' must be an object of strings")
-        generation = _int(d, "generation", where, lo=0, hi=INT64_MAX, default=0)
-        replaced_from = _int(d, "replaced_from", where, lo=0, hi=MAX_ROWS, default=0)
-        created = _str(d, "created", where, default="")
+        generation = int_field(d, "generation", where, lo=0, hi=INT64_MAX, default=0)
+        replaced_from = int_field(d, "replaced_from", where, lo=0, hi=MAX_ROWS, default=0)
+        created = str_field(d, "created", where, default="")
         k_top = d.get("k", k)
         if not isinstance(k_top, int) or isinstance(k_top, bool) or k_top != k:
-            raise CorruptStoreError(f"{where}: 'k' is {_short(k_top)} but the projection's k is {k}")
+            raise CorruptStoreError(f"{where}: 'k' is {short(k_top)} but the projection's k is {k}")
         for text in (fingerprint, created, *(g.name for g in groups)):
-            _check_text(text, where)
+            check_text(text, where)
         return cls(
-            projection={"k": k, "seed": seed, "kind": kind, "s": s},
+            projection={"k": k, "seed": seed, "kind": proj_kind, "s": s},
             fingerprint=fingerprint,
             groups=tuple(groups),
             chunk_rows=chunk_rows,
@@ -427,83 +453,8 @@ class Manifest:
             generation=generation,
             replaced_from=replaced_from,
             tables=tables,
+            updates=updates,
         )
-
-
-_MISSING = object()
-
-
-def _kind(v: Any) -> str:
-    """A JSON type name for messages."""
-    if v is _MISSING or v is None:
-        return "null" if v is None else "nothing (the key is missing)"
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "an object",
-    }.get(type(v), type(v).__name__)
-
-
-def _short(v: Any) -> str:
-    """repr of a value from the file, cut to one short line (a damaged field may hold megabytes)."""
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _int(
-    d: dict[str, Any],
-    key: str,
-    where: str,
-    lo: int | None = None,
-    hi: int | None = None,
-    default: Any = _MISSING,
-) -> int:
-    v = d.get(key, default)
-    if v is _MISSING:
-        raise CorruptStoreError(f"{where}: {key!r} is missing")
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise CorruptStoreError(f"{where}: {key!r} must be an integer, found {_kind(v)}")
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise CorruptStoreError(f"{where}: {key!r} = {_short(v)} is out of range [{lo}, {hi}]")
-    return v
-
-
-def _opt_int(d: dict[str, Any], key: str, where: str, lo: int, hi: int) -> int | None:
-    if d.get(key) is None:
-        return None
-    return _int(d, key, where, lo=lo, hi=hi)
-
-
-def _str(d: dict[str, Any], key: str, where: str, default: Any = _MISSING) -> str:
-    v = d.get(key, default)
-    if v is _MISSING:
-        raise CorruptStoreError(f"{where}: {key!r} is missing")
-    if not isinstance(v, str):
-        raise CorruptStoreError(f"{where}: {key!r} must be a string, found {_kind(v)}")
-    if len(v) > MAX_TEXT:
-        raise CorruptStoreError(f"{where}: {key!r} is {len(v)} characters long (at most {MAX_TEXT})")
-    return v
-
-
-def _opt_str(d: dict[str, Any], key: str, where: str) -> str | None:
-    return None if d.get(key) is None else _str(d, key, where)
-
-
-def _check_text(text: str, where: str) -> None:
-    """Refuse text that cannot be printed (lone surrogates from a damaged file) or spans lines."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise CorruptStoreError(f"{where}: a text field holds invalid unicode") from None
-    if any(c in text for c in "\n\r\x00"):
-        raise CorruptStoreError(f"{where}: a text field holds a line break or NUL")
-
-
-def _is_crc(text: str) -> bool:
-    return len(text) == 8 and all(c in "0123456789abcdef" for c in text)
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,11 @@ class StoreReader:
         return "lr" in self.manifest.optional
 
     @property
+    def updates(self) -> str | None:
+        """How the update norms were had ("exact", "projected") when the store holds updates, else None."""
+        return self.manifest.updates
+
+    @property
     def tables(self) -> tuple[str, ...]:
         """The tables the store holds ("rows", the main one, first; then e.g. "spectra")."""
         return self.manifest.table_names
@@ -221,29 +226,12 @@ class StoreReader:
         self.excluded = excluded
         for chunk in self._iter_raw(start, stop, names, excluded if skip_corrupt else None):
             if sel is not None:
-                chunk = Chunk(
-                    row0=chunk.row0,
-                    step=chunk.step,
-                    proj=chunk.proj[:, sel],
-                    sqnorm=chunk.sqnorm[:, sel],
-                    flags=chunk.flags[:, sel],
-                    loss=chunk.loss,
-                    lr=chunk.lr,
-                )
+                chunk = chunk.select(sel)
             if chunk_rows is None or chunk.n <= chunk_rows:
                 yield chunk
                 continue
             for a in range(0, chunk.n, chunk_rows):
-                b = min(a + chunk_rows, chunk.n)
-                yield Chunk(
-                    row0=chunk.row0 + a,
-                    step=chunk.step[a:b],
-                    proj=chunk.proj[a:b],
-                    sqnorm=chunk.sqnorm[a:b],
-                    flags=chunk.flags[a:b],
-                    loss=None if chunk.loss is None else chunk.loss[a:b],
-                    lr=None if chunk.lr is None else chunk.lr[a:b],
-                )
+                yield chunk.rows(a, min(a + chunk_rows, chunk.n))
 
     # ---------------------------------------------------------------- verification and info
     def read_chunk(self, index: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -308,6 +296,8 @@ class StoreReader:
                 for g, f, s in zip(m.groups, flagged, skipped, strict=True)
             ],
             "optional": list(m.optional),
+            "updates": m.updates,
+            "tables": {n: {"rows": m.table(n).n_rows, **m.table(n).dims} for n in m.table_names if n != ROWS},
             "chunk_rows": m.chunk_rows,
             "n_chunks": m.n_chunks,
             "size_bytes": size,
@@ -473,6 +463,8 @@ class StoreReader:
                 flags=data["flags"][a:b] if "flags" in data else empty,
                 loss=data["loss"][a:b] if "loss" in data else None,
                 lr=data["lr"][a:b] if "lr" in data else None,
+                update=data["update"][a:b] if "update" in data else None,
+                update_sqnorm=data["update_sqnorm"][a:b] if "update_sqnorm" in data else None,
             )
 
 

@@ -11,26 +11,22 @@ Format and protocol: docs/FORMAT.md; guarantees and the tests behind them: docs/
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
-import re
 import shutil
 import socket
-import sys
 import warnings
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from gradmanifold._version import __version__
 from gradmanifold.errors import (
     CorruptStoreError,
     InputError,
     NotAStoreError,
+    SpecMismatchError,
     StoreExistsError,
     StoreNotFoundError,
     StoreWriteError,
@@ -53,7 +49,7 @@ from gradmanifold.store.layout import (
 from gradmanifold.store.lock import WriterLock
 from gradmanifold.store.manifest import (
     MAX_CHUNK_ROWS,
-    OPTIONAL_ROWS,
+    UPDATE_NORMS,
     GroupInfo,
     Manifest,
     Segment,
@@ -63,42 +59,12 @@ from gradmanifold.store.manifest import (
     read_manifest,
 )
 from gradmanifold.store.resume import check_spec, check_table, load_committed_steps
+from gradmanifold.store.support import missing_parents, now, update_row, versions, write_error
 from gradmanifold.store.tables import TableBuffer
 
 Resume = Literal["allow", "must", "never"]
+DEFAULT_OPTIONAL = ("loss", "lr")
 RESERVED_SCOPE = "model"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _size(n: int) -> str:
-    """Bytes for messages: exact, with a readable unit beside."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n} bytes, {n / scale:.1f} {unit}"
-    return f"{n} bytes"
-
-
-def _missing_parents(path: Path) -> list[Path]:
-    """The folders from `path` up that do not exist yet, deepest first."""
-    out = []
-    p = path.absolute()
-    while not os.path.lexists(p) and p != p.parent:
-        out.append(p)
-        p = p.parent
-    return out
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"gradmanifold": __version__, "python": sys.version.split()[0]}
-    for dist in ("numpy", "zarr", "numba", "torch"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[dist] = version(dist)
-    return out
 
 
 class StoreWriter:
@@ -111,10 +77,11 @@ class StoreWriter:
         groups: Sequence[tuple[str, int]],
         *,
         resume: Resume = "allow",
-        optional: Sequence[str] = OPTIONAL_ROWS,
+        optional: Sequence[str] = DEFAULT_OPTIONAL,
         chunk_rows: int | None = None,
         break_lock: bool = False,
         fsync: bool = True,
+        updates: str | None = None,
     ) -> None:
         if resume not in ("allow", "must", "never"):
             raise InputError(f"resume must be 'allow', 'must' or 'never', not {resume!r}")
@@ -131,9 +98,14 @@ class StoreWriter:
             raise InputError(
                 f"{RESERVED_SCOPE!r} is reserved for the whole-model sum of the groups; rename that group"
             )
-        bad_opt = [o for o in optional if o not in OPTIONAL_ROWS]
+        bad_opt = [o for o in optional if o not in DEFAULT_OPTIONAL]
         if bad_opt:
-            raise InputError(f"unknown optional rows {bad_opt}; choose from {list(OPTIONAL_ROWS)}")
+            raise InputError(f"unknown optional rows {bad_opt}; choose from {list(DEFAULT_OPTIONAL)}")
+        if updates is not None and updates not in UPDATE_NORMS:
+            raise InputError(f"updates must be None or one of {list(UPDATE_NORMS)}, not {updates!r}")
+        self._updates = updates
+        if updates is not None:
+            optional = (*optional, "update", "update_sqnorm")
         state = probe(self.root)
         exists = state.has_manifest
         if exists and resume == "never":
@@ -147,7 +119,7 @@ class StoreWriter:
                     f"{self.root} exists and is not a gradmanifold store; choose a new or empty folder"
                 )
         # Folders this writer creates; removed again when opening fails, so a failed open leaves no trace.
-        self._made = _missing_parents(self.root)
+        self._made = missing_parents(self.root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -196,9 +168,7 @@ class StoreWriter:
             self._open_table(name)
         self._dirty = False
         self._closed = False
-        self._segment = Segment(
-            host=socket.gethostname(), pid=os.getpid(), started=_now(), first_row=m.n_rows
-        )
+        self._segment = Segment(host=socket.gethostname(), pid=os.getpid(), started=now(), first_row=m.n_rows)
         self._segment_index = len(m.segments)
         self._commit_manifest()
 
@@ -257,13 +227,21 @@ class StoreWriter:
             chunk_rows=rows,
             optional=optional,
             checksums={name: () for name in (*base, *optional)},
-            created=_now(),
-            versions=_versions(),
+            updates=self._updates,
+            created=now(),
+            versions=versions(),
         )
 
     def _reopen(self, spec: ProjectionSpec, groups: tuple[GroupInfo, ...]) -> Manifest:
         m = read_manifest(self.root)
         check_spec(self.root, m, spec, groups)
+        if m.updates != self._updates:
+            have = "without parameter updates" if m.updates is None else f"with updates ({m.updates} norms)"
+            want = "none" if self._updates is None else f"updates ({self._updates} norms)"
+            raise SpecMismatchError(
+                f"cannot append to {self.root}: it was recorded {have} and the writer asks for {want}; "
+                "resume with the store's setting (--updates as before), or record to a new store"
+            )
         removed = remove_partials(self.root)
         segments = tuple(s.with_(status="interrupted") if s.status == "open" else s for s in m.segments)
         if removed:
@@ -305,8 +283,14 @@ class StoreWriter:
         flags: np.ndarray | None = None,
         loss: float | None = None,
         lr: float | None = None,
+        update: np.ndarray | None = None,
+        update_sqnorm: np.ndarray | None = None,
     ) -> None:
-        """Append one row; a step at or below the last one rewinds the store to before that step."""
+        """Append one row; a step at or below the last one rewinds the store to before that step.
+
+        update, update_sqnorm: the projected parameter update [G, k] and its squared norms [G] (stores with
+        updates only; None stores NaN: unknown).
+        """
         self._check_open()
         if isinstance(step, bool) or not isinstance(step, int | np.integer):
             raise InputError(f"step must be an integer, not {type(step).__name__}")
@@ -342,6 +326,11 @@ class StoreWriter:
             "loss": np.asarray(np.nan if loss is None else loss, np.float64),
             "lr": np.asarray(np.nan if lr is None else lr, np.float64),
         }
+        if self._updates is not None:
+            row["update"] = update_row(update, (g, k), np.float32, "update")
+            row["update_sqnorm"] = update_row(update_sqnorm, (g,), np.float64, "update_sqnorm")
+        elif update is not None or update_sqnorm is not None:
+            raise InputError(f"{self.root} records no parameter updates (open the writer with updates=...)")
         self._push(main, row)
         seg = self._segment
         self._segment = seg.with_(
@@ -457,11 +446,11 @@ class StoreWriter:
         try:
             if self._dirty:
                 self.flush()
-            self._segment = self._segment.with_(status=status, ended=_now())
+            self._segment = self._segment.with_(status=status, ended=now())
             self._commit_manifest()
         except BaseException:
             # Say in the manifest that this writer failed, if the disk still takes a small write.
-            self._segment = self._segment.with_(status="failed", ended=_now())
+            self._segment = self._segment.with_(status="failed", ended=now())
             with contextlib.suppress(Exception):
                 self._commit_manifest()
             raise
@@ -530,25 +519,7 @@ class StoreWriter:
         return new
 
     def _write_error(self, exc: OSError, what: str, need: int) -> StoreWriteError:
-        """What happened (file, bytes), why (the OS error), what is safe, and how to go on."""
-        m = self._manifest
-        # Name the file being written (not the temp name zarr and the manifest write it under first).
-        target = re.sub(r"\.[0-9a-f]{32}\.partial$", "", str(exc.filename)) if exc.filename else ""
-        where = f" at {target}" if target else ""
-        kept = f"{m.n_rows} rows up to step {m.last_step}" if m.n_rows else "no rows yet"
-        hint = {
-            errno.ENOSPC: "free space on that disk",
-            errno.EDQUOT: "free space within your disk quota",
-            errno.EFBIG: "raise the file size limit (ulimit -f)",
-            errno.EROFS: "record to a writable location",
-            errno.EACCES: "make the store writable",
-            errno.EPERM: "make the store writable",
-        }.get(exc.errno or 0, "fix the cause")
-        return StoreWriteError(
-            f"{what} to {self.root} failed{where}: {exc.strerror or exc} (needs about {_size(need)}); "
-            f"the store keeps every committed row ({kept}); {hint}, then flush again or resume the run "
-            "(rows not yet committed are lost if the program stops now)"
-        )
+        return write_error(self.root, self._manifest, exc, what, need)
 
     def _commit_manifest(self, new: Manifest | None = None) -> None:
         """Publish `new` (default: the current manifest) with this writer's segment; on success it is current.
