@@ -16,6 +16,10 @@ Formats (the same set of names in every file of a run):
 A single file given as the source holds a whole run: a .npy of shape [T, ...] (row t is step t) or a .npz of
 arrays [T, ...], one per tensor, with an optional int array "step" [T] giving the steps.
 
+With `--updates`, a dump also holds the parameters at that step, each under its gradient's name with the
+prefix `params/` (`np.savez(path, **{"fc1.weight": g, "params/fc1.weight": w})`, the same keys in a .pt
+or .safetensors dict): the recorder projects their differences between consecutive steps (docs/UPDATES.md).
+
 Steps already committed in the store (at or below its last step) are skipped, so ingesting the same folder
 again, or restarting a follow, appends only what is new. A file that cannot be read stops the ingest with an
 InputError naming the file; every step before it is committed.
@@ -256,6 +260,9 @@ def _last_committed(path: str) -> int | None:
         return None  # an empty folder; anything else is refused by the writer with its own message
 
 
+PARAMS_PREFIX = "params/"
+
+
 class _Sink:
     """Makes the Recorder at the first dump (tensor names known then); names the file in every error."""
 
@@ -266,10 +273,17 @@ class _Sink:
         self.pending: list[Path] = []
 
     def put(self, step: int, data: Mapping[str, Any], origin: str) -> None:
+        grads = {n: v for n, v in data.items() if not n.startswith(PARAMS_PREFIX)}
+        params = {n[len(PARAMS_PREFIX) :]: v for n, v in data.items() if n.startswith(PARAMS_PREFIX)}
+        if self.opts.updates and not params:
+            raise InputError(
+                f"{origin}: --updates needs the parameters in every dump, under their gradients' names with "
+                f"the prefix {PARAMS_PREFIX!r} (e.g. 'params/fc1.weight')"
+            )
         if self.rec is None:
-            self.rec = self.opts.recorder(list(data))
+            self.rec = self.opts.recorder(list(grads))
         try:
-            ok = self.rec.record(int(step), data)
+            ok = self.rec.record(int(step), grads, params=params if self.opts.updates else None)
         except InputError as exc:
             raise InputError(f"{origin}: {exc}") from None
         r = self.report

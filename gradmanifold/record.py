@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gradmanifold.errors import InputError, NonFiniteGradientError, StoreWriteError
+from gradmanifold.passive import UpdateTracker, matrix_layers, numel, spectra_row
 from gradmanifold.projection import ProjectionSpec, project_with_norm
 
 GroupsArg = None | Literal["auto", "single", "tensor"] | Mapping[str, str | Sequence[str]]
@@ -68,15 +69,6 @@ def _named_tensors(grads: Any) -> list[tuple[str, Any]]:
     raise InputError(
         f"cannot record a {type(grads).__name__}: pass a torch Module, a mapping name -> array, or one array"
     )
-
-
-def _numel(x: Any) -> int:
-    if hasattr(x, "numel") and callable(x.numel):
-        return int(x.numel())
-    size = getattr(x, "size", None)
-    if isinstance(size, int | np.integer):
-        return int(size)
-    return int(np.asarray(x).size)
 
 
 def _module_prefix(name: str, depth: int) -> str:
@@ -144,6 +136,7 @@ class Recorder:
         break_lock: bool = False,
         spectra_every: int = 0,
         spectra_top: int = DEFAULT_SPECTRA_TOP,
+        updates: bool | Literal["exact", "projected"] = False,
     ) -> None:
         """Open nothing yet: the store is created (or continued) at the first record().
 
@@ -153,7 +146,9 @@ class Recorder:
         recording with a warning. flush_interval: seconds between commits. chunk_rows: rows per chunk.
         break_lock: break a stale lock. spectra_every: at recorded steps that are multiples of it, the top
         `spectra_top` singular values and ||G||_F^2 of every gradient with ndim >= 2 (0: off; see
-        docs/SPECTRA.md).
+        docs/SPECTRA.md). updates: also the parameter update since the previous recorded step, projected, and
+        its squared norm ("exact" or True keeps a copy of the parameters; "projected" keeps only their
+        projection, norms unknown; docs/UPDATES.md); needs params= in record() unless a Module is recorded.
         """
         if every < 1:
             raise InputError(f"every must be >= 1, not {every}")
@@ -183,6 +178,11 @@ class Recorder:
         self.spectra_every = int(spectra_every)
         self.spectra_top = int(spectra_top)
         self._spectra_layers: list[tuple[str, tuple[int, int]]] = []
+        if updates not in (False, True, "exact", "projected"):
+            raise InputError(f"updates must be False, True, 'exact' or 'projected', not {updates!r}")
+        self.updates: str | None = "exact" if updates is True else (updates or None)
+        self._tracker: UpdateTracker | None = None
+        self._last_step: int | None = None
         self._writer: Any = None
         self._layout: _Layout | None = None
         self._failed = False
@@ -200,8 +200,21 @@ class Recorder:
         """The recorded groups (known after the first record)."""
         return tuple(g for g, _ in self._layout.groups) if self._layout else ()
 
-    def record(self, step: int, grads: Any, *, loss: Any = None, lr: Any = None) -> bool:
-        """Project and append this step's gradient; returns False when the step is not recorded."""
+    def record(
+        self,
+        step: int,
+        grads: Any,
+        *,
+        loss: Any = None,
+        lr: Any = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Project and append this step's gradient; returns False when the step is not recorded.
+
+        grads: a torch Module (its parameters' .grad), a mapping name -> array, or one array. loss, lr:
+        numbers stored beside. params: with updates, the parameters (same names and sizes as grads) for a
+        mapping; a Module gives its own.
+        """
         if self._closed:
             raise InputError(f"the Recorder for {self.path} is closed")
         if os.getpid() != self._pid:
@@ -217,7 +230,7 @@ class Recorder:
             return False
         named = _named_tensors(grads)
         if self._layout is None:
-            self._open([(n, _numel(g)) if g is not None else (n, -1) for n, g in named], named)
+            self._open([(n, numel(g)) if g is not None else (n, -1) for n, g in named], named)
         proj, sqnorm, flags = self._project(named)
         bad = [g for (g, _), f in zip(self._layout.groups, flags, strict=True) if f & FLAG_NONFINITE]  # type: ignore[union-attr]
         if bad and self.nonfinite == "raise":
@@ -229,13 +242,28 @@ class Recorder:
             self._writer.note_skipped()
             self.steps_skipped += 1
             return False
+        update = update_sq = None
+        if self._tracker is not None:  # between consecutive recorded rows
+            if self._last_step is not None and step <= self._last_step:
+                self._tracker.reset()  # a rewind: the parameters before this step are not the ones kept
+            update, update_sq = self._tracker.update(_params(grads, params), list(self.group_names))
         self._guard(
-            lambda: self._writer.append(int(step), proj, sqnorm, flags, loss=_scalar(loss), lr=_scalar(lr))
+            lambda: self._writer.append(
+                int(step),
+                proj,
+                sqnorm,
+                flags,
+                loss=_scalar(loss),
+                lr=_scalar(lr),
+                update=update,
+                update_sqnorm=update_sq,
+            )
         )
         if self._failed:
             return False
+        self._last_step = int(step)
         if self.spectra_every and step % self.spectra_every == 0:
-            row = self._spectra_row(named)
+            row = spectra_row(named, self._spectra_layers, self.spectra_top, self.spec.seed)
             self._guard(lambda: self._writer.append_row("spectra", int(step), row))
             if self._failed:
                 return False
@@ -381,7 +409,7 @@ class Recorder:
             raise InputError("nothing to record: no gradients (no parameters with requires_grad?)")
         layout = _build_layout(tensors, self._groups_arg, self._max_groups)
         if self.spectra_every:
-            self._spectra_layers = _matrix_layers(named, self.spectra_top)
+            self._spectra_layers = matrix_layers(named, self.spectra_top)
         self._writer = StoreWriter(
             self.path,
             self.spec,
@@ -389,6 +417,7 @@ class Recorder:
             resume=self._resume,
             chunk_rows=self._chunk_rows,
             break_lock=self._break_lock,
+            updates=self.updates,
         )
         self._layout = layout
         self._register_exit_hook()
@@ -406,29 +435,8 @@ class Recorder:
                 self._layout = None
                 raise
         self._where = {m.tensor: (gi, m) for gi, (_, ms) in enumerate(layout.groups) for m in ms}
-
-    def _spectra_row(self, named: list[tuple[str, Any]]) -> dict[str, np.ndarray]:
-        """Top singular values (NaN beyond a layer's min(m, n), or for a missing or non-finite gradient)
-        and ||G||_F^2 of each recorded layer, computed where its gradient lives."""
-        from gradmanifold.lowrank import top_singular_values
-
-        grads = dict(named)
-        q = self.spectra_top
-        sigma = np.full((len(self._spectra_layers), q), np.nan)
-        frob = np.full(len(self._spectra_layers), np.nan)
-        for i, (name, (m, n)) in enumerate(self._spectra_layers):
-            g = grads.get(name)
-            if g is None:
-                continue
-            if _shape(g)[0] != m or _numel(g) != m * n:
-                raise InputError(f"gradient {name!r} changed shape: its spectra were recorded as {m} x {n}")
-            try:
-                mat = g.reshape(m, n) if hasattr(g, "reshape") else np.asarray(g).reshape(m, n)
-                values, frob[i] = top_singular_values(mat, q, seed=self.spec.seed)
-            except InputError:  # non-finite: the main row flags it; the spectra row says NaN
-                continue
-            sigma[i, : len(values)] = values
-        return {"spectra_sigma": sigma, "spectra_frob_sq": frob}
+        if self.updates is not None:
+            self._tracker = UpdateTracker(self.updates, self.spec, self._where, len(layout.groups))
 
     def _project(self, named: list[tuple[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         assert self._layout is not None
@@ -446,7 +454,7 @@ class Recorder:
             if grad is None:
                 continue
             gi, member = where
-            n = _numel(grad)
+            n = numel(grad)
             if n != member.size:
                 raise InputError(
                     f"gradient {name!r} has {n} elements, but {member.size} were recorded before; "
@@ -466,30 +474,18 @@ class Recorder:
         return proj.astype(np.float32), sqnorm, flags
 
 
-def _shape(x: Any) -> tuple[int, ...]:
-    shape = getattr(x, "shape", None)
-    return tuple(int(d) for d in (shape if shape is not None else np.shape(x)))
-
-
-def _matrix_layers(named: list[tuple[str, Any]], top: int) -> list[tuple[str, tuple[int, int]]]:
-    """The tensors whose spectra are recorded (ndim >= 2, read as shape[0] x the rest), with (m, n)."""
-    layers = []
-    for name, g in named:
-        shape = _shape(g) if g is not None else ()
-        if len(shape) >= 2:
-            layers.append((name, (shape[0], int(np.prod(shape[1:])))))
-    if not layers:
-        raise InputError(
-            "spectra_every is set but no gradient has two or more dimensions (a singular spectrum needs a "
-            "matrix: record a model with weight matrices, or dumps that keep each tensor's shape)"
-        )
-    biggest = max(min(mn) for _, mn in layers)
-    if top > biggest:
-        raise InputError(
-            f"spectra_top={top} is more singular values than any layer has (the largest min(m, n) is "
-            f"{biggest}); use spectra_top <= {biggest}"
-        )
-    return layers
+def _params(grads: Any, params: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The parameters beside the gradients: given, or a Module's own (those with requires_grad)."""
+    if params is not None:
+        if not isinstance(params, Mapping):
+            raise InputError(f"params must be a mapping name -> array, not {type(params).__name__}")
+        return params
+    if hasattr(grads, "named_parameters") and callable(grads.named_parameters):
+        return {n: p.detach() for n, p in grads.named_parameters() if p.requires_grad}
+    raise InputError(
+        "updates are recorded but record() got no params: pass params={name: array} with the same names "
+        "and shapes as the gradients (a torch Module gives its own)"
+    )
 
 
 def _scalar(v: Any) -> float | None:

@@ -80,6 +80,12 @@ def record(
     spectra_top: Annotated[
         int, typer.Option("--spectra-top", help="--spectra-every: singular values kept per layer.")
     ] = 20,
+    updates: Annotated[
+        bool,
+        typer.Option(
+            "--updates", help="Also the parameter update of each recorded step, projected (docs/UPDATES.md)."
+        ),
+    ] = False,
     json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Record projected gradients into a store, from a wrapped job, from dump files, or a synthetic task.
@@ -106,6 +112,7 @@ def record(
         resume=resume,
         spectra_every=spectra_every,
         spectra_top=spectra_top,
+        updates="exact" if updates else None,
     )
     if command:
         from gradmanifold.wrap import run_wrapped

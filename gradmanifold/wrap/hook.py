@@ -145,7 +145,9 @@ class _OptimizerRecorder:
                 g = g.to_dense()
             grads[name] = g
         lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
-        self.recorder.record(step, grads, lr=lr)
+        # The parameters before this step's update: theta_t, the same definition as the training loop's.
+        params = {name: p.detach() for name, p in self.named} if opts.updates else None
+        self.recorder.record(step, grads, lr=lr, params=params)
 
     def close(self, status: str) -> None:
         rec, self.recorder = self.recorder, None

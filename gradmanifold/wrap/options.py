@@ -15,6 +15,7 @@ environment variables, set by the parent (a job can also set them itself and put
     GRADMANIFOLD_RECORD_FLUSH     seconds between commits (30)
     GRADMANIFOLD_RECORD_SPECTRA_EVERY   layer spectra every N steps (0: off)
     GRADMANIFOLD_RECORD_SPECTRA_TOP     singular values kept per layer (20)
+    GRADMANIFOLD_RECORD_UPDATES   parameter updates: exact | projected (unset: off)
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ _ENV_FIELDS = {
     "flush_interval": "FLUSH",
     "spectra_every": "SPECTRA_EVERY",
     "spectra_top": "SPECTRA_TOP",
+    "updates": "UPDATES",
 }
 
 
@@ -58,6 +60,7 @@ class RecordOptions:
     flush_interval: float = 30.0
     spectra_every: int = 0
     spectra_top: int = 20
+    updates: str | None = None
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -72,6 +75,8 @@ class RecordOptions:
             )
         if self.spectra_top < 1:
             raise UsageError(f"--spectra-top must be at least 1, not {self.spectra_top}")
+        if self.updates not in (None, "exact", "projected"):
+            raise UsageError(f"updates must be exact or projected, not {self.updates!r}")
         if self.resume not in ("allow", "must", "never"):
             raise UsageError(f"--resume must be allow, must or never, not {self.resume!r}")
         parse_groups(self.groups)  # validate early, with the option's name in the message
@@ -92,6 +97,7 @@ class RecordOptions:
             flush_interval=self.flush_interval,
             spectra_every=self.spectra_every,
             spectra_top=self.spectra_top,
+            updates=self.updates or False,  # type: ignore[arg-type]
             **extra,
         )
 
@@ -127,7 +133,7 @@ class RecordOptions:
                     raise UsageError(
                         f"{ENV_PREFIX}{_ENV_FIELDS[name]}={raw[name]!r} is not a number"
                     ) from None
-        for name in ("kind", "groups", "resume"):
+        for name in ("kind", "groups", "resume", "updates"):
             if raw[name]:
                 kw[name] = raw[name]
         return cls(**kw)

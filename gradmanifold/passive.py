@@ -1,0 +1,154 @@
+"""What the Recorder measures beside each step's projected gradient: layer spectra and parameter updates.
+
+Layer spectra (docs/SPECTRA.md): the top singular values and ||G||_F^2 of every matrix-shaped gradient.
+Parameter updates (docs/UPDATES.md): u_t = theta_t - theta_{t-1} between consecutive recorded steps,
+projected with the gradient's own R, and ||u_t||^2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gradmanifold.errors import InputError
+from gradmanifold.projection import ProjectionSpec, project_with_norm
+
+
+def numel(x: Any) -> int:
+    if hasattr(x, "numel") and callable(x.numel):
+        return int(x.numel())
+    size = getattr(x, "size", None)
+    if isinstance(size, int | np.integer):
+        return int(size)
+    return int(np.asarray(x).size)
+
+
+def shape_of(x: Any) -> tuple[int, ...]:
+    shape = getattr(x, "shape", None)
+    return tuple(int(d) for d in (shape if shape is not None else np.shape(x)))
+
+
+def matrix_layers(named: list[tuple[str, Any]], top: int) -> list[tuple[str, tuple[int, int]]]:
+    """The tensors whose spectra are recorded (ndim >= 2, read as shape[0] x the rest), with (m, n)."""
+    layers = []
+    for name, g in named:
+        shape = shape_of(g) if g is not None else ()
+        if len(shape) >= 2:
+            layers.append((name, (shape[0], int(np.prod(shape[1:])))))
+    if not layers:
+        raise InputError(
+            "spectra_every is set but no gradient has two or more dimensions (a singular spectrum needs a "
+            "matrix: record a model with weight matrices, or dumps that keep each tensor's shape)"
+        )
+    biggest = max(min(mn) for _, mn in layers)
+    if top > biggest:
+        raise InputError(
+            f"spectra_top={top} is more singular values than any layer has (the largest min(m, n) is "
+            f"{biggest}); use spectra_top <= {biggest}"
+        )
+    return layers
+
+
+def spectra_row(
+    named: list[tuple[str, Any]], layers: list[tuple[str, tuple[int, int]]], q: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Top singular values (NaN beyond a layer's min(m, n), or for a missing or non-finite gradient) and
+    ||G||_F^2 of each recorded layer, computed where its gradient lives."""
+    from gradmanifold.lowrank import top_singular_values
+
+    grads = dict(named)
+    sigma = np.full((len(layers), q), np.nan)
+    frob = np.full(len(layers), np.nan)
+    for i, (name, (m, n)) in enumerate(layers):
+        g = grads.get(name)
+        if g is None:
+            continue
+        if shape_of(g)[0] != m or numel(g) != m * n:
+            raise InputError(f"gradient {name!r} changed shape: its spectra were recorded as {m} x {n}")
+        try:
+            mat = g.reshape(m, n) if hasattr(g, "reshape") else np.asarray(g).reshape(m, n)
+            values, frob[i] = top_singular_values(mat, q, seed=seed)
+        except InputError:  # non-finite: the main row flags it; the spectra row says NaN
+            continue
+        sigma[i, : len(values)] = values
+    return {"spectra_sigma": sigma, "spectra_frob_sq": frob}
+
+
+def _copy(x: Any) -> Any:
+    if hasattr(x, "detach") and hasattr(x, "clone"):
+        return x.detach().clone()
+    return np.array(x, copy=True)
+
+
+class UpdateTracker:
+    """The projected update R(theta_t - theta_{t-1}) and ||theta_t - theta_{t-1}||^2 per group, between
+    consecutive calls.
+
+    mode "exact" keeps a copy of the previous parameters (one model's worth of memory, on the parameters'
+    device) and projects the difference itself: in the parameters' dtype the difference of two nearby floats
+    is exact (Sterbenz), so R u and ||u||^2 are as exact as the gradient's. mode "projected" keeps only the
+    float64 projections R theta and differences them: no copy, but ||u||^2 is unknown (NaN) and the
+    difference loses |R theta| * 1e-16 to cancellation. The first call (and the first after reset) has no
+    previous parameters: None.
+    """
+
+    def __init__(self, mode: str, spec: ProjectionSpec, where: Mapping[str, tuple[int, Any]], n_groups: int):
+        self.mode = mode
+        self.spec = spec
+        self.where = where  # tensor name -> (group index, member with .offset, .size)
+        self.groups = n_groups
+        self.group_names: list[str] = []
+        self._prev: dict[str, Any] | None = None
+        self._prev_proj: np.ndarray | None = None
+
+    def reset(self) -> None:
+        """Forget the previous parameters (a rewind: the next update is unknown)."""
+        self._prev = None
+        self._prev_proj = None
+
+    def update(
+        self, params: Mapping[str, Any], group_names: list[str]
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(R u [G, k], ||u||^2 [G]) since the previous call (None, None on the first); remembers these."""
+        missing = sorted(set(self.where) - set(params))
+        extra = sorted(set(params) - set(self.where))
+        if missing or extra:
+            raise InputError(
+                "params must name the same tensors as the gradients: "
+                + "; ".join(
+                    part
+                    for part in (
+                        f"missing {missing[:5]}" if missing else "",
+                        f"not recorded {extra[:5]}" if extra else "",
+                    )
+                    if part
+                )
+            )
+        for name, p in params.items():
+            size = self.where[name][1].size
+            if numel(p) != size:
+                raise InputError(f"parameter {name!r} has {numel(p)} elements but its gradient has {size}")
+        k = self.spec.k
+        if self.mode == "projected":
+            proj = np.zeros((self.groups, k))
+            for name, p in params.items():
+                gi, member = self.where[name]
+                proj[gi] += project_with_norm(p, self.spec, group_names[gi], member.offset)[0]
+            prev, self._prev_proj = self._prev_proj, proj
+            if prev is None:
+                return None, None
+            return proj - prev, np.full(self.groups, np.nan)
+        prev_params, self._prev = self._prev, {name: _copy(p) for name, p in params.items()}
+        if prev_params is None:
+            return None, None
+        w = np.zeros((self.groups, k))
+        usq = np.zeros(self.groups)
+        for name, p in params.items():
+            gi, member = self.where[name]
+            u = (p.detach() if hasattr(p, "detach") else np.asarray(p)) - prev_params[name]
+            z, q = project_with_norm(u, self.spec, group_names[gi], member.offset)
+            w[gi] += z
+            usq[gi] += q
+        return w, usq
