@@ -20,6 +20,7 @@ from gradmanifold.errors import UsageError
 from gradmanifold.layerspec import DEFAULT_TOP, MIN_POINTS, PROFILES, fit_spectral, readouts, trend
 from gradmanifold.report.spectra import (
     SERIES,
+    GlassRecord,
     LayerProbe,
     LayerSpectrum,
     ProbeRecord,
@@ -45,7 +46,7 @@ def layer_spectra(
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < MIN_POINTS):
         raise UsageError(f"--top {top!r} is invalid: the fit window needs at least {MIN_POINTS} values")
     tables = reader.tables
-    if "spectra" not in tables and "curvature" not in tables:
+    if not {"spectra", "curvature", "glass"} & set(tables):
         raise UsageError(
             f"{reader.path} holds no layer spectra: record with --spectra-every N "
             "(Recorder(spectra_every=N)) "
@@ -67,7 +68,8 @@ def layer_spectra(
     probe_names = (
         [ly["name"] for ly in reader.table("curvature").meta["layers"]] if "curvature" in tables else []
     )
-    keep = _select([*names, *(n for n in probe_names if n not in names)], layers)
+    probe_names += [p["name"] for p in reader.table("glass").meta["params"]] if "glass" in tables else []
+    keep = _select(list(dict.fromkeys([*names, *probe_names])), layers)
     out: dict[str, LayerSpectrum] = {}
     if "spectra" in tables:
         t = reader.table("spectra")
@@ -85,7 +87,22 @@ def layer_spectra(
     probes = _probes(reader, keep, fit_top) if "curvature" in tables else ()
     n = reader.n_steps
     store = {"path": str(reader.path), "n_steps": n, "k": reader.k, "groups": list(reader.group_names)}
-    return SpectrumResult(store=store, top=fit_top, q=q, every=every, layers=out, probes=probes)
+    glass = _glass(reader, keep) if "glass" in tables else ()
+    return SpectrumResult(store=store, top=fit_top, q=q, every=every, layers=out, probes=probes, glass=glass)
+
+
+def _glass(reader: StoreReader, keep: set[str]) -> tuple[GlassRecord, ...]:
+    meta = reader.table("glass").meta["params"]
+    data = reader.read_table("glass")
+    out = []
+    for j, step in enumerate(data["glass_step"]):
+        params = {
+            p["name"]: (tuple(p["shape"]), float(data["glass_rho"][j, i]), float(data["glass_h"][j, i]))
+            for i, p in enumerate(meta)
+            if p["name"] in keep and math.isfinite(data["glass_rho"][j, i])
+        }
+        out.append(GlassRecord(step=int(step), sigma=float(data["glass_sigma"][j]), params=params))
+    return tuple(out)
 
 
 def _select(names: list[str], patterns: Sequence[str] | None) -> set[str]:

@@ -152,3 +152,35 @@ class UpdateTracker:
             w[gi] += z
             usq[gi] += q
         return w, usq
+
+
+def probe_row(kind: str, model: Any, result: Any, top: int) -> tuple[dict[str, int], dict[str, Any], dict]:
+    """A probe as one row of its store table: (table sizes, meta, row); NaN for what was not probed.
+
+    Every candidate parameter of the model has a place (matrix layers for "curvature", all parameters with
+    requires_grad for "glass"), so probes of other layer selections share one table.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if kind == "curvature":
+        mats = [(n, (int(p.shape[0]), int(np.prod(tuple(p.shape[1:]))))) for n, p in named if p.ndim >= 2]
+        sigma = np.full((len(mats), top), np.nan)
+        h = np.full((len(mats), top), np.nan)
+        frob = np.full(len(mats), np.nan)
+        for i, (name, _) in enumerate(mats):
+            ly = result.layers.get(name)
+            if ly is not None:
+                sigma[i, : len(ly.sigma)] = ly.sigma
+                h[i, : len(ly.h)] = ly.h
+                frob[i] = ly.frob_sq
+        meta = {"layers": [{"name": n, "shape": list(mn)} for n, mn in mats]}
+        row = {"curvature_sigma": sigma, "curvature_h": h, "curvature_frob_sq": frob}
+        return {"layers": len(mats), "q": top}, meta, row
+    rho = np.full(len(named), np.nan)
+    hm = np.full(len(named), np.nan)
+    for i, (name, _) in enumerate(named):
+        grp = result.groups.get(name)
+        if grp is not None:
+            rho[i], hm[i] = grp.rho_mean, grp.h_mean
+    meta = {"params": [{"name": n, "shape": [int(d) for d in p.shape]} for n, p in named]}
+    row = {"glass_sigma": np.asarray(result.sigma, np.float64), "glass_rho": rho, "glass_h": hm}
+    return {"params": len(named)}, meta, row

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from gradmanifold.errors import InputError, UsageError
+from gradmanifold.glass import GlassGroup, GlassProbe, glass
 from gradmanifold.layerspec import MIN_POINTS, BicProfiles, SpectralFit, as_matrix_shape, fit_spectral
 
 FIT_FIELDS: tuple[str, ...] = (  # the float fields of SpectralFit (NaN where undefined)
@@ -475,10 +476,13 @@ __all__ = [
     "FIT_FIELDS",
     "BicProfiles",
     "CurvatureProbe",
+    "GlassGroup",
+    "GlassProbe",
     "LayerCurvature",
     "SpectralFit",
     "TwoLayerProbe",
     "curvature",
     "fit_spectral",
+    "glass",
     "two_layer",
 ]

@@ -280,45 +280,39 @@ class Recorder:
         loss_fn: Any,
         batch: Any,
         *,
+        kind: Literal["curvature", "glass"] = "curvature",
         top: int = DEFAULT_SPECTRA_TOP,
         layers: str | Sequence[str] | None = None,
+        sigma: float = 1e-3,
+        seed: int = 0,
     ) -> Any:
-        """Run a curvature probe (gradmanifold.probe.curvature) and store it at `step`; returns the probe.
+        """Run a probe of gradmanifold.probe on (model, loss_fn, batch) and store it at `step`; returns it.
 
-        model, loss_fn, batch: as for probe.curvature (loss_fn(model, batch) -> scalar). top: singular pairs
-        per layer. layers: glob(s) of parameter names (None: every matrix-shaped parameter). The store keeps
-        one row per probe; `gradmanifold spectrum` reports them. Record a step first (the store opens then).
+        kind: "curvature" (probe.curvature: top singular pairs per matrix layer and the exact curvature along
+        them; `top`) or "glass" (probe.glass: Alice's glass density and curvature per parameter; `sigma`,
+        `seed`). loss_fn(model, batch) returns a scalar; layers: glob(s) of parameter names (None: all).
+        The store keeps one row per probe; `gradmanifold spectrum` reports them. Record a step first.
         """
         from gradmanifold import probe as probe_mod
+        from gradmanifold.passive import probe_row
 
+        if kind not in ("curvature", "glass"):
+            raise InputError(f"probe kind must be 'curvature' or 'glass', not {kind!r}")
         if self._writer is None or self._failed or self._closed:
             raise InputError(
                 f"probe at step {step}: the store {self.path} is not open; record() a step before the first "
                 "probe (or the recorder has stopped)"
             )
-        result = probe_mod.curvature(model, loss_fn, batch, top=top, layers=layers)
-        every_layer = [
-            (n, (int(p.shape[0]), int(np.prod(tuple(p.shape[1:])))))
-            for n, p in model.named_parameters()
-            if p.requires_grad and p.ndim >= 2
-        ]
-        meta = {"layers": [{"name": n, "shape": list(mn)} for n, mn in every_layer]}
-        q = int(top)
-        sigma = np.full((len(every_layer), q), np.nan)
-        h = np.full((len(every_layer), q), np.nan)
-        frob = np.full(len(every_layer), np.nan)
-        for i, (name, _) in enumerate(every_layer):
-            ly = result.layers.get(name)
-            if ly is None:
-                continue
-            sigma[i, : len(ly.sigma)] = ly.sigma
-            h[i, : len(ly.h)] = ly.h
-            frob[i] = ly.frob_sq
-        row = {"curvature_sigma": sigma, "curvature_h": h, "curvature_frob_sq": frob}
+        result: Any
+        if kind == "curvature":
+            result = probe_mod.curvature(model, loss_fn, batch, top=top, layers=layers)
+        else:
+            result = probe_mod.glass(model, loss_fn, batch, sigma=sigma, seed=seed, layers=layers)
+        dims, meta, row = probe_row(kind, model, result, int(top))
 
         def store() -> None:
-            self._writer.add_table("curvature", {"layers": len(every_layer), "q": q}, meta)
-            self._writer.append_row("curvature", int(step), row)
+            self._writer.add_table(kind, dims, meta)
+            self._writer.append_row(kind, int(step), row)
             self._writer.flush()
 
         self._guard(store)

@@ -286,3 +286,30 @@ def test_recorder_probe_is_stored_and_reported(tmp_path: Path) -> None:
     assert stored["2.weight"]["alpha"] == pytest.approx(fit.alpha, rel=1e-12, nan_ok=True)
     assert stored["2.weight"]["s"] == pytest.approx(fit.s, rel=1e-12, nan_ok=True)
     assert verify_store(tmp_path / "run.zarr").ok
+
+
+def test_recorder_glass_probe_is_stored_and_reported(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.ReLU(), torch.nn.Linear(12, 1))
+    batch = (torch.randn(40, 5), torch.randn(40, 1))
+
+    def loss_fn(m: torch.nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return ((m(b[0]) - b[1]) ** 2).mean()
+
+    with Recorder(tmp_path / "run.zarr", k=8) as rec:
+        loss_fn(model, batch).backward()
+        rec.record(0, model)
+        first = rec.probe(0, model, loss_fn, batch, kind="glass", sigma=1e-2)
+        second = rec.probe(3, model, loss_fn, batch, kind="glass", sigma=1e-3, layers="0.*", seed=4)
+        with pytest.raises(InputError, match="probe kind must be"):
+            rec.probe(4, model, loss_fn, batch, kind="hessian")  # type: ignore[arg-type]
+    doc = json.loads(cli("spectrum", str(tmp_path / "run.zarr"), "--json").stdout)
+    g0, g1 = doc["glass_probes"]
+    assert (g0["step"], g0["sigma"], g1["step"], g1["sigma"]) == (0, 1e-2, 3, 1e-3)
+    assert set(g0["params"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert set(g1["params"]) == {"0.weight", "0.bias"}  # the others were not probed: NaN rows, left out
+    for got, probe in ((g0, first), (g1, second)):
+        for name, grp in probe.groups.items():
+            assert got["params"][name]["rho_mean"] == grp.rho_mean
+            assert got["params"][name]["h_mean"] == grp.h_mean
+    assert verify_store(tmp_path / "run.zarr").ok

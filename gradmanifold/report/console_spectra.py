@@ -30,7 +30,7 @@ def render(res: SpectrumResult, width: int = WIDTH, per_step: bool = False) -> s
             f"({steps} recorded); fit window K = {res.top}"
         )
     else:
-        head.append("no layer spectra recorded; curvature probes only")
+        head.append("no layer spectra recorded; probes only")
     con.print(head)
     if res.layers:
         con.print(_summary_table(res, width))
@@ -39,6 +39,8 @@ def render(res: SpectrumResult, width: int = WIDTH, per_step: bool = False) -> s
                 con.print(_step_table(ly, res.top, width))
     if res.probes:
         con.print(_probe_table(res, width))
+    if res.glass:
+        con.print(_glass_table(res, width))
     for note in res.notes:
         con.print(Text(f"note: {note}"))
     return out.getvalue()
@@ -177,4 +179,23 @@ def _probe_table(res: SpectrumResult, width: int) -> Table:
                 "PR bound": _f(f.get("pr_bound"), 4),
             }
             t.add_row(str(p.step), _name(name, name_w), *(cells[c] for c in cols))
+    return t
+
+
+def _glass_table(res: SpectrumResult, width: int) -> Table:
+    name_w = max(12, min(48, width - 50))
+    t = Table(
+        title="glass probes: rho = glass density, h = curvature (at theta +- sigma s)",
+        box=box.SIMPLE,
+    )
+    for col in ("step", "parameter", "sigma", "rho mean", "h mean"):
+        t.add_column(
+            col,
+            justify="left" if col == "parameter" else "right",
+            no_wrap=True,
+            max_width=name_w if col == "parameter" else None,
+        )
+    for g in res.glass:
+        for name, (_, rho, h) in g.params.items():
+            t.add_row(str(g.step), _name(name, name_w), _f(g.sigma, 3), _f(rho, 4), _f(h, 4))
     return t

@@ -60,6 +60,15 @@ class ProbeRecord:
 
 
 @dataclass(frozen=True)
+class GlassRecord:
+    """One stored glass probe: its sigma and, per probed parameter, (shape, rho_mean, h_mean)."""
+
+    step: int
+    sigma: float
+    params: dict[str, tuple[tuple[int, ...], float, float]]
+
+
+@dataclass(frozen=True)
 class SpectrumResult:
     """What `spectrum` reports for a store: its description, the fit window, layers and probes."""
 
@@ -70,6 +79,7 @@ class SpectrumResult:
     layers: dict[str, LayerSpectrum]
     probes: tuple[ProbeRecord, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    glass: tuple[GlassRecord, ...] = ()
 
 
 def _num(v: Any) -> float | None:
@@ -123,5 +133,16 @@ def to_dict(res: SpectrumResult) -> dict[str, Any]:
         "every": res.every,
         "layers": layers,
         "probes": probes,
+        "glass_probes": [
+            {
+                "step": g.step,
+                "sigma": _num(g.sigma),
+                "params": {
+                    n: {"shape": list(shape), "rho_mean": _num(rho), "h_mean": _num(h)}
+                    for n, (shape, rho, h) in g.params.items()
+                },
+            }
+            for g in res.glass
+        ],
         "notes": list(res.notes),
     }

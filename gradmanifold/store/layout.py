@@ -106,6 +106,20 @@ TABLES: tuple[TableSpec, ...] = (
         ),
         target_chunk_bytes=64 << 10,
     ),
+    # Glass probes (docs/PROBES.md): per parameter tensor the mean glass density rho and curvature proxy h
+    # of Alice's estimators, at the probe's sigma; NaN where a parameter was not probed.
+    TableSpec(
+        "glass",
+        "glass_step",
+        ("params",),
+        (
+            ArraySpec("glass_step", "int64", "glass"),
+            ArraySpec("glass_sigma", "float64", "glass"),
+            ArraySpec("glass_rho", "float64", "glass", ("params",)),
+            ArraySpec("glass_h", "float64", "glass", ("params",)),
+        ),
+        target_chunk_bytes=64 << 10,
+    ),
 )
 TABLE_BY_NAME = {t.name: t for t in TABLES}
 ARRAYS = tuple(a for t in TABLES for a in t.arrays)

@@ -206,26 +206,29 @@ class TableState:
 
 
 def _check_layers(meta: dict[str, Any], dims: dict[str, int], where: str) -> None:
-    """A layer table's meta names each layer once, with its matrix shape [m, n]."""
-    if "layers" not in dims:
-        return
-    layers = meta.get("layers")
-    if not isinstance(layers, list) or len(layers) != dims["layers"]:
-        raise CorruptStoreError(f"{where}: meta 'layers' must list {dims['layers']} layers")
-    for i, layer in enumerate(layers):
-        lw = f"{where}: meta layers[{i}]"
-        if not isinstance(layer, dict):
-            raise CorruptStoreError(f"{lw} must be an object, found {kind(layer)}")
-        check_text(str_field(layer, "name", lw), lw)
-        shape = layer.get("shape")
-        if (
-            not isinstance(shape, list)
-            or len(shape) != 2
-            or not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= INT64_MAX for x in shape)
-        ):
-            raise CorruptStoreError(f"{lw}: 'shape' must be [m, n], two positive integers")
-    if len({layer["name"] for layer in layers}) != len(layers):
-        raise CorruptStoreError(f"{where}: meta layer names are not unique")
+    """A layer (or parameter) table's meta names each layer once, with its shape ([m, n] for layers)."""
+    for dim in ("layers", "params"):
+        if dim not in dims:
+            continue
+        layers = meta.get(dim)
+        if not isinstance(layers, list) or len(layers) != dims[dim]:
+            raise CorruptStoreError(f"{where}: meta {dim!r} must list {dims[dim]} entries")
+        for i, layer in enumerate(layers):
+            lw = f"{where}: meta {dim}[{i}]"
+            if not isinstance(layer, dict):
+                raise CorruptStoreError(f"{lw} must be an object, found {kind(layer)}")
+            check_text(str_field(layer, "name", lw), lw)
+            shape = layer.get("shape")
+            if (
+                not isinstance(shape, list)
+                or (dim == "layers" and len(shape) != 2)
+                or not all(
+                    isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= INT64_MAX for x in shape
+                )
+            ):
+                raise CorruptStoreError(f"{lw}: 'shape' must be a list of sizes ([m, n] for a layer)")
+        if len({layer["name"] for layer in layers}) != len(layers):
+            raise CorruptStoreError(f"{where}: meta {dim} names are not unique")
 
 
 def _checksums(raw: Any, names: Any, n_chunks: int, where: str) -> dict[str, tuple[str, ...]]:
