@@ -62,6 +62,7 @@ from gradmanifold.report.model import (
     WindowScope,
 )
 from gradmanifold.store.chunk import ArraySource, Chunk, ChunkSource
+from gradmanifold.update_pass import UpdatePass
 
 if TYPE_CHECKING:
     from gradmanifold.kernels.stream import Work
@@ -332,6 +333,8 @@ class _Run:
         self.win_rows = 0
         self.first_step: int | None = None
         self.last_step = 0
+        norms = getattr(src, "updates", None)  # a store with parameter updates: their statistics too
+        self.upd: UpdatePass | None = UpdatePass(plan.sel, n_scopes, k, norms) if norms else None
 
     # ------------------------------------------------------------------ driver
     def run(self, store: StoreSummary) -> AnalysisResult:
@@ -361,6 +364,10 @@ class _Run:
                 lane.close_window(report)
             if report:
                 self.win_meta.append((self.win_first or 0, self.win_last, self.win_rows))
+                if self.upd is not None:
+                    self.upd.close_window()
+        if self.upd is not None:
+            self.upd.finish()
         return self._result(store)
 
     def _count_skipped_chunks(self) -> None:
@@ -414,6 +421,8 @@ class _Run:
                     self.win_first, self.win_rows = None, 0
             segments.append((a, b, close))
             a = b
+        if self.upd is not None:
+            self.upd.feed(chunk, valid, counted, segments)
         return proj, valid, counted, segments
 
     # ------------------------------------------------------------------ results
@@ -483,7 +492,8 @@ class _Run:
                     eps_key(e): (sp.r_star(st.eigs, st.total, e) if st.eigs is not None else None)
                     for e in plan.eps
                 }
-                scopes[name] = WindowScope(n_steps=st.n_steps, kappa=kappa, r_star=r_star)
+                upd = self.upd.window(w, s) if self.upd is not None else None
+                scopes[name] = WindowScope(n_steps=st.n_steps, kappa=kappa, r_star=r_star, updates=upd)
             if plan.alias is not None:
                 scopes[plan.alias] = scopes["model"]
             out.append(WindowResult(index=w, start_step=first, end_step=last, n_rows=rows, scopes=scopes))
@@ -534,6 +544,7 @@ class _Run:
             rank=self._rank(s),
             bounds=bounds,
             best_ema=best,
+            updates=self.upd.result(s) if self.upd is not None else None,
         )
 
     def _rank(self, s: int) -> RankResult:

@@ -114,6 +114,35 @@ def cnn_digits_spectra(path: Path) -> dict[str, Any]:
     )
 
 
+def mlp_digits_updates(path: Path) -> dict[str, Any]:
+    """The MLP with SGD + momentum, also recording each step's parameter update (exact norms) and a glass
+    probe of a fixed batch every 200 steps."""
+    import torch
+    from train_digits import digits, train
+
+    x, y = digits(SEED)
+    batch = (x[:256], y[:256])
+
+    def loss_fn(model: Any, b: Any) -> Any:
+        return torch.nn.functional.cross_entropy(model(b[0]), b[1])
+
+    def probe(step: int, model: Any, rec: Any) -> None:
+        if step % 200 == 0 or step == 799:
+            rec.probe(step, model, loss_fn, batch, kind="glass", sigma=1e-3, seed=SEED)
+
+    return _torch_run(
+        path,
+        train,
+        "module",
+        {"updates": "exact"},
+        probe,
+        model_name="mlp",
+        opt_name="sgdm",
+        steps=800,
+        seed=SEED,
+    )
+
+
 def char_transformer_adamw(path: Path) -> dict[str, Any]:
     from train_chars import train
 
@@ -138,6 +167,7 @@ SAMPLES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "mlp_digits_sgdm": mlp_digits_sgdm,
     "cnn_digits_adamw": cnn_digits_adamw,
     "cnn_digits_spectra": cnn_digits_spectra,
+    "mlp_digits_updates": mlp_digits_updates,
     "char_transformer_adamw": char_transformer_adamw,
     **{
         f"synthetic_{t.replace('-', '_')}": _synthetic(t)

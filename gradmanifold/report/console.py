@@ -58,6 +58,8 @@ def _parts(r: AnalysisResult) -> list[Any]:
     parts.append(_kappa_table(shown, cfg.predictors))
     parts.append(_rank_table(shown, cfg.eps))
     parts.append(_bounds_table(shown))
+    if any(sc.updates for sc in shown):
+        parts.append(_updates_table(shown))
     if r.windows:
         parts.append(_window_table(r))
     if len(scopes) > len(shown):
@@ -130,6 +132,40 @@ def _bounds_table(scopes: list[ScopeResult]) -> Table:
             _f(b.min_avg_proxy_error),
             _f(b.avg_proxy_error.get("zero")),
         )
+    return t
+
+
+def _updates_table(scopes: list[ScopeResult]) -> Table:
+    norms = next(sc.updates["norms"] for sc in scopes if sc.updates)
+    t = Table(
+        title="parameter updates u_t (projected; a proxy): secant ||g_t - g_t-1|| / ||u_t||, "
+        "alignment cos(g_t-1, -u_t), glass exponent p of D_g = 2s^2 + c D_theta^(p/2)",
+        box=box.SIMPLE,
+    )
+    for col in ("scope", "pairs", "secant", "(q25..q75)", "alignment", "p", "fit R^2", "2s^2 floor"):
+        t.add_column(col, justify="left" if col == "scope" else "right", no_wrap=True)
+    notes = []
+    for sc in scopes:
+        u = sc.updates
+        if not u:
+            continue
+        q = u["secant_smoothness_quantiles"]
+        fit = u["glass_fit"]
+        t.add_row(
+            sc.name,
+            str(u["n_pairs"]),
+            _f(u["secant_smoothness_median"]),
+            f"{_f(q.get('0.25'))}..{_f(q.get('0.75'))}",
+            _f(u["alignment_median"]),
+            _f(u["glass_exponent"]),
+            _f(fit.get("r2_log")),
+            _f(fit.get("noise_floor")),
+        )
+        if fit.get("note"):
+            notes.append(f"{sc.name}: {fit['note']}")
+    t.caption = f"update norms: {norms}; p near 2: smooth curvature, near 1: glass-like" + "".join(
+        f"\n{n}" for n in notes[:3]
+    )
     return t
 
 

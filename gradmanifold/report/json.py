@@ -50,11 +50,17 @@ def _scope(sc: ScopeResult) -> dict[str, Any]:
     nested = d["rank"]["nested"]
     nested["k"] = nested.pop("ks")
     d["self_test"] = {"kappa_zero": d["kappa"].get("zero"), "ok": sc.kappa.get("zero") == 1.0}
+    if d["updates"] is None:  # a store without parameter updates: no key (docs/JSON.md)
+        del d["updates"]
     return d
 
 
 def _window(w: WindowResult) -> dict[str, Any]:
-    return _plain(w)
+    d = _plain(w)
+    for sc in d["scopes"].values():
+        if sc["updates"] is None:
+            del sc["updates"]
+    return d
 
 
 def _plain(x: Any) -> Any:

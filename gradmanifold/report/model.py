@@ -103,6 +103,8 @@ class ScopeResult:
     rank: RankResult
     bounds: Bounds
     best_ema: BestEma | None
+    # with parameter updates in the store: docs/UPDATES.md's statistics (a proxy), else None (no JSON key)
+    updates: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class WindowScope:
     n_steps: int
     kappa: Mapping[str, float | None]
     r_star: Mapping[str, int | None]
+    updates: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
