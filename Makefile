@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-slow lint bench demo golden samples clean
+.PHONY: help install test test-slow test-loaded lint bench demo golden samples clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -21,6 +21,13 @@ test: install  ## run the test suite (sets everything up itself)
 
 test-slow: install  ## run the test suite including the slow fault-injection trials
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -m "slow or not slow"
+
+# tests/load.py starts the busy processes, runs each suite in turn (both run; each is timed) and stops them at
+# the end, on failure or Ctrl-C too; each busy process also ends by itself when tests/load.py is gone.
+test-loaded: install  ## run the default and slow suites with two CPU-bound processes beside them
+	$(PY) tests/load.py --procs 2 \
+		--run "$(PY) -m pytest -q" \
+		--run "HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -m 'slow or not slow'"
 
 lint: install  ## ruff (lint + format check) and mypy on the package
 	$(PY) -m ruff check gradmanifold tests bench

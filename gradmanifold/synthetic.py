@@ -153,6 +153,8 @@ def make_task(
         raise UsageError(f"--steps must be at least 3 for a synthetic task, not {steps}")
     if dim < 1:
         raise UsageError(f"--dim must be at least 1, not {dim}")
+    if not 0 <= seed < 1 << 64:
+        raise UsageError(f"--seed must be an integer in [0, 2**64), not {seed}")
     params = dict(params or {})
     unknown = sorted(set(params) - set(DEFAULTS[name]))
     if unknown:

@@ -196,50 +196,85 @@ def test_ingesting_again_appends_only_new_steps_and_can_delete(tmp_path: Path) -
     np.testing.assert_array_equal(got[1], want[1])
 
 
+#: seconds a test waits for a child or for the follower: only something that hung takes that long
+DEADLINE = 120.0
+
 WRITER = textwrap.dedent(
     """
-    import sys, time, os
+    import os, sys, time
     import numpy as np
-    folder, n = sys.argv[1], int(sys.argv[2])
+    folder, n, deadline = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     for s in range(n):
         rng = np.random.default_rng(s)
         g = {"enc.weight": rng.standard_normal((4, 3)).astype(np.float32)}
         g["head.bias"] = rng.standard_normal(5)
-        if s % 2:  # half written in place, slowly, in two parts (the follower must wait for the whole file)
+        if s % 2:  # half written in place, in two parts (the follower must wait for the whole file)
             path = os.path.join(folder, f"step_{s:05d}.npz")
             tmp = path + ".tmp.npz"
             np.savez(tmp, **g)
             data = open(tmp, "rb").read()
             os.remove(tmp)
+            half, go = os.path.join(folder, f".half_{s}"), os.path.join(folder, f".go_{s}")
             with open(path, "wb") as f:
-                f.write(data[: len(data) // 2]); f.flush(); time.sleep(0.3); f.write(data[len(data) // 2 :])
+                f.write(data[: len(data) // 2])
+                f.flush()
+                open(half, "w").close()  # (dot files are not dumps) the first half is there
+                end = time.monotonic() + deadline
+                while not os.path.exists(go):  # the follower has seen the half-written file
+                    if time.monotonic() > end:
+                        sys.exit(f"step {s}: the follower never saw the half-written file")
+                    time.sleep(0.01)
+                f.write(data[len(data) // 2 :])
+            os.remove(half)
+            os.remove(go)
         else:  # half written to a temporary name and renamed
             tmp = os.path.join(folder, f".step_{s:05d}.npz")
             np.savez(tmp, **g)
             os.replace(tmp, os.path.join(folder, f"step_{s:05d}.npz"))
-        time.sleep(0.05)
     open(os.path.join(folder, "DONE"), "w").close()
     """
 )
 
 
 def test_follow_ingests_a_folder_while_a_writer_runs_beside_it(tmp_path: Path) -> None:
+    """The writer holds each in-place file half-written until the follower has polled it three times (it
+    has then seen the file and tried to read it); nothing depends on how fast either runs."""
     folder = tmp_path / "dumps"
     folder.mkdir()
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(folder), "8"])
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(folder), "8", str(DEADLINE)], stderr=subprocess.PIPE, text=True
+    )
+    polls_seen: dict[int, int] = {}
+
+    def release_half_written_files() -> bool:  # called by the follower after each poll
+        if writer.poll() not in (None, 0):
+            raise AssertionError(f"the dump writer failed: {writer.communicate()[1][-2000:]}")
+        for half in folder.glob(".half_*"):
+            s = int(half.name.split("_")[1])
+            polls_seen[s] = polls_seen.get(s, 0) + 1
+            if polls_seen[s] == 3:
+                (folder / f".go_{s}").touch()
+        return False
+
     try:
         seen: list[tuple[int, int | None]] = []
         report = follow_folder(
             folder,
             opts(tmp_path / "run.zarr"),
-            poll=0.1,
-            idle_timeout=30,
+            poll=0.05,
+            idle_timeout=DEADLINE,  # a limit only a hung writer reaches
+            settle=DEADLINE,  # a half-written file is never taken for a damaged one, however slow the writer
             delete_ingested=True,
             progress=lambda done, total: seen.append((done, total)),
+            should_stop=release_half_written_files,
         )
     finally:
-        writer.wait(timeout=30)
-    assert report.stopped == "sentinel DONE"
+        if writer.poll() is None:
+            writer.kill()
+        _, err = writer.communicate(timeout=DEADLINE)
+    assert writer.returncode == 0, err
+    assert report.stopped == "sentinel DONE", report
+    assert sorted(polls_seen) == [1, 3, 5, 7]  # each in-place file was seen half-written
     assert report.files_ingested == 8 and report.files_deleted == 8
     assert seen[-1] == (8, None)
     got, want = rows(tmp_path / "run.zarr"), reference(tmp_path, list(range(8)))
@@ -248,13 +283,44 @@ def test_follow_ingests_a_folder_while_a_writer_runs_beside_it(tmp_path: Path) -
     assert sorted(p.name for p in folder.iterdir()) == ["DONE"]
 
 
-def test_follow_stops_when_idle_and_resumes_where_it_stopped(tmp_path: Path) -> None:
+class FakeClock:
+    """Stands for the time module in gradmanifold.ingest: sleep() advances monotonic() at once. The follower's
+    idle and settle rules then run on the time the follower counted, not on how fast this machine is."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+def test_follow_stops_when_idle_and_resumes_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gradmanifold.ingest as ingest_mod
+
+    clock = FakeClock()
+    monkeypatch.setattr(ingest_mod, "time", clock)
     for s in range(3):
         write(tmp_path, ".npz", s)
-    t0 = time.monotonic()
-    report = follow_folder(tmp_path, opts(tmp_path / "run.zarr"), poll=0.05, idle_timeout=0.3, sentinel=None)
+    took: list[float] = []
+    report = follow_folder(
+        tmp_path,
+        opts(tmp_path / "run.zarr"),
+        poll=0.05,
+        idle_timeout=0.3,
+        sentinel=None,
+        progress=lambda done, total: took.append(clock.now),
+    )
     assert report.stopped.startswith("idle") and report.files_ingested == 3
-    assert time.monotonic() - t0 < 5
+    # it stopped 0.3 s (of its clock) after the last file came in, at the first poll after that
+    assert 0.3 <= clock.now - took[-1] < 0.3 + 2 * 0.05
     write(tmp_path, ".npz", 3)
     report = follow_folder(tmp_path, opts(tmp_path / "run.zarr"), poll=0.05, idle_timeout=0.3, sentinel=None)
     assert (report.files_skipped, report.files_ingested) == (3, 1)
@@ -265,5 +331,5 @@ def test_follow_reports_a_file_that_stays_damaged(tmp_path: Path) -> None:
     write(tmp_path, ".npz", 0)
     (tmp_path / "step_00001.npz").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(InputError, match=r"step_00001\.npz: cannot read this dump"):
-        follow_folder(tmp_path, opts(tmp_path / "run.zarr"), poll=0.05, settle=0.3, idle_timeout=10)
+        follow_folder(tmp_path, opts(tmp_path / "run.zarr"), poll=0.05, settle=0.3, idle_timeout=DEADLINE)
     assert rows(tmp_path / "run.zarr")[0].tolist() == [0]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -77,6 +80,36 @@ def steps_of(path: Path | str) -> list[int]:
     return [int(s) for c in r.iter_chunks() for s in c.step]
 
 
+#: seconds a test waits for a child to reach a step or to exit: only a hung child takes that long
+DEADLINE = 120.0
+
+
+def wait_for_step(proc: subprocess.Popen[str], n: int, err: Path) -> None:
+    """Wait until the training script has printed "step n" (work done, not time). Its stdout goes on being
+    read by a thread, so it never blocks on a full pipe. Fails if it exits first or hangs for DEADLINE s."""
+    assert proc.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump(out: Any) -> None:
+        with out:
+            for line in out:
+                lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, args=(proc.stdout,), daemon=True).start()
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"the script did not reach step {n} within {DEADLINE:g} s") from None
+        if line is None:
+            code = proc.wait(timeout=DEADLINE)
+            raise AssertionError(f"it exited ({code}) before step {n}: {err.read_text()[-3000:]}")
+        if line.startswith("step") and int(line.split()[1]) >= n:
+            return
+
+
 def test_every_optimizer_step_recorded_with_module_names_via_python_m(tmp_path: Path, script: Path) -> None:
     out = tmp_path / "run.zarr"
     cwd = os.getcwd()
@@ -114,16 +147,13 @@ def test_sigterm_to_record_is_forwarded_and_leaves_a_committed_store(tmp_path: P
     out = tmp_path / "run.zarr"
     cmd = [sys.executable, "-m", "gradmanifold", "record", "--out", str(out), "--k", "8", "--"]
     cmd += [sys.executable, str(script), "--steps", "-1", "--sleep", "0.01"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    seen = -1
-    deadline = time.monotonic() + 60
-    while seen < 25 and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith("step"):
-            seen = int(line.split()[1])
+    err_file = tmp_path / "stderr.txt"
+    with err_file.open("w") as err_out:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_out, text=True)
+    wait_for_step(proc, 25, err_file)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    proc.wait(timeout=DEADLINE)
+    err = err_file.read_text()
     assert proc.returncode == 128 + signal.SIGTERM, err
     steps = steps_of(out)
     assert steps[:26] == list(range(26)) and steps == list(range(len(steps)))
@@ -135,22 +165,25 @@ def test_sigterm_to_record_is_forwarded_and_leaves_a_committed_store(tmp_path: P
 def test_sigint_and_a_resumed_run_append_to_the_same_store(tmp_path: Path, script: Path) -> None:
     out = tmp_path / "run.zarr"
     env = child_env(RecordOptions(out=str(out), k=8))
-    proc = subprocess.Popen(
-        [sys.executable, str(script), "--steps", "-1", "--sleep", "0.01"],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    while not proc.stdout.readline().startswith("step 10"):
-        pass
+    err_file = tmp_path / "stderr.txt"
+    with err_file.open("w") as err_out:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "--steps", "-1", "--sleep", "0.01"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err_out,
+            text=True,
+        )
+    wait_for_step(proc, 10, err_file)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGINT  # KeyboardInterrupt, as without the recorder
+    proc.wait(timeout=DEADLINE)
+    # KeyboardInterrupt, as without the recorder
+    assert proc.returncode == -signal.SIGINT, err_file.read_text()
     n = len(steps_of(out))
     assert n >= 11
     # a restarted job (steps counted from 0 again) rewinds the store: same store as one uninterrupted run
-    subprocess.run([sys.executable, str(script), "--steps", "5"], env=env, check=True, capture_output=True)
+    cmd = [sys.executable, str(script), "--steps", "5"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=DEADLINE)
     assert steps_of(out) == list(range(5))
 
 
@@ -160,7 +193,8 @@ def test_only_rank_zero_records_and_torchrun_works(tmp_path: Path, script: Path)
     opts = RecordOptions(out=str(out), k=8)
     env = child_env(opts)
     env["RANK"] = "1"
-    subprocess.run([sys.executable, str(script), "--steps", "3"], env=env, check=True, capture_output=True)
+    cmd = [sys.executable, str(script), "--steps", "3"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=DEADLINE)
     assert not out.exists()
     torchrun = Path(sys.executable).parent / "torchrun"
     result = run_wrapped(

@@ -65,6 +65,8 @@ class RecordOptions:
     def __post_init__(self) -> None:
         if self.k < 1:
             raise UsageError(f"--k must be at least 1, not {self.k}")
+        if not 0 <= self.seed < 1 << 64:
+            raise UsageError(f"--seed must be an integer in [0, 2**64), not {self.seed}")
         if self.kind not in ("sparse", "gaussian"):
             raise UsageError(f"--kind must be sparse or gaussian, not {self.kind!r}")
         if self.every < 1:

@@ -3,6 +3,10 @@
 Every row this suite writes is a function of (step, version): proj from a seeded generator, sqnorm[0] holds
 the version (how many rewinds had happened when it was written) and sqnorm[1] the step. So any reader can
 check, row by row, that what it sees is a row a writer really wrote: never a torn, zero-filled or NaN row.
+
+No assertion here depends on how much work fits in some time: a test that runs processes side by side waits
+for work done (a count of reads, commits or lines reached) with `wait_until`, bounded by DEADLINE, a limit
+only a hung process reaches, and failing with a message that names what did not happen.
 """
 
 from __future__ import annotations
@@ -12,8 +16,12 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -24,6 +32,9 @@ SPEC = ProjectionSpec(k=8, seed=3)
 GROUPS = [("a", 100), ("b", 7)]
 ROOT = Path(__file__).resolve().parents[2]
 FAULTS = Path(__file__).resolve().parent
+#: seconds a test waits for work it started (a child's reads, commits, a line): far more than a loaded
+#: machine needs, so that reaching it means something hung; the failure then says what did not happen
+DEADLINE = 120.0
 
 
 def examples(factor: float) -> int:
@@ -97,13 +108,30 @@ def snapshot(path: Path) -> dict[str, Any]:
     return out
 
 
+_COMMAND: dict[str, Any] = {}
+
+
 def cli(*args: str, env: dict[str, str] | None = None) -> Any:
-    """Run the CLI in-process; returns typer's Result (exit_code, stdout, stderr)."""
-    from typer.testing import CliRunner
+    """Run the CLI in-process; returns typer's Result (exit_code, stdout, stderr).
+
+    typer's CliRunner builds the click command from the app's type hints on every call, nine tenths of the
+    cost of a short command line; the command is built once here and reused (a fuzz test runs thousands).
+    """
+    import typer.testing
+    from typer.main import get_command
 
     from gradmanifold.cli import app
 
-    return CliRunner().invoke(app, list(args), env=env)
+    key = f"{id(app)}:{len(app.registered_commands)}:{len(app.registered_groups)}"
+    if key not in _COMMAND:
+        _COMMAND.clear()
+        _COMMAND[key] = get_command(app)
+    command = _COMMAND[key]
+    runner = typer.testing.CliRunner()
+    if not hasattr(typer.testing, "_get_command"):  # another typer: build the command on each call
+        return runner.invoke(app, list(args), env=env)
+    with mock.patch.object(typer.testing, "_get_command", lambda _app: command):
+        return runner.invoke(app, list(args), env=env)
 
 
 def assert_one_line_error(result: Any, code: int) -> str:
@@ -116,6 +144,45 @@ def assert_one_line_error(result: Any, code: int) -> str:
     assert len(lines) == 1 and lines[0].startswith("gradmanifold: error: "), err
     assert "internal error" not in lines[0]
     return lines[0]
+
+
+def wait_until(
+    done: Callable[[], bool],
+    what: str,
+    *,
+    procs: Sequence[subprocess.Popen[str]] = (),
+    state: Callable[[], object] | None = None,
+    timeout: float = DEADLINE,
+) -> None:
+    """Poll `done()` until it is true. Fail naming `what` (and `state()`, what was reached) once `timeout` s
+    have passed, or as soon as one of `procs` exits first (with the end of its stderr)."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        seen = f" (reached: {state()})" if state is not None else ""
+        for p in procs:
+            if p.poll() is not None:
+                err = p.stderr.read()[-3000:] if p.stderr is not None else ""
+                who = f"{p.args!r:.80} exited ({p.returncode})"
+                raise AssertionError(f"{what}: not done{seen}, and {who}: {err}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not done within {timeout:g} s{seen}")
+        time.sleep(0.01)
+
+
+class Lines:
+    """The lines a child writes to a pipe, gathered by a thread: the child never blocks on a full pipe, and
+    the test reads what came so far (`lines`) without waiting; `ended` is set at the end of the stream."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.lines: list[str] = []
+        self.ended = threading.Event()
+        threading.Thread(target=self._pump, args=(pipe,), daemon=True).start()
+
+    def _pump(self, pipe: Any) -> None:
+        with pipe:
+            for line in pipe:
+                self.lines.append(line.rstrip("\n"))
+        self.ended.set()
 
 
 def child_env() -> dict[str, str]:
@@ -138,12 +205,15 @@ def spawn(script: str, *args: str, **kw: Any) -> subprocess.Popen[str]:
 
 # A writer that appends forever, flushing and rewinding at random (rows carry their version, see above); it
 # reports on stdout a lower bound of what the store must hold from then on: "commit N" after a commit of N
-# rows, "floor N" before a rewind. Run it with spawn(WRITER, path, seed).
+# rows, "floor N" before a rewind. Run it with spawn(WRITER, path, seed[, cap]): with a cap, it rewinds to
+# the first half of its rows whenever it reaches `cap` rows, so that the store stays small however long
+# it runs (readers beside it then read at the same speed all along).
 WRITER = """
     import random, sys
     from faultkit import GROUPS, SPEC, make_row
     from gradmanifold.store import StoreWriter, open_store
     path, seed = sys.argv[1], int(sys.argv[2])
+    cap = int(sys.argv[3]) if len(sys.argv) > 3 else None
     rnd = random.Random(seed)
     try:
         r = open_store(path)
@@ -155,8 +225,9 @@ WRITER = """
     step = w.n_rows
     print("ready", flush=True)
     while True:
-        if step > 3 and rnd.random() < 0.06:
-            back = rnd.randint(max(0, step - 8), step - 1)
+        capped = cap is not None and step >= cap
+        if step > 3 and (capped or rnd.random() < 0.06):
+            back = rnd.randint(0, step // 2) if capped else rnd.randint(max(0, step - 8), step - 1)
             version += 1
             print("floor", min(back, w.n_committed), flush=True)
             step = back

@@ -7,6 +7,7 @@ commands are fuzzed as they land.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import warnings
@@ -21,6 +22,8 @@ from hypothesis import strategies as st
 from gradmanifold.store.layout import chunk_file
 
 DOCUMENTED = {0, 1, 2, 3}
+# Commands that never write (the read-only store tests prove it); after any other run, the places are checked.
+READ_ONLY = {"verify", "info", "analyze", "check", "spectrum"}
 # Options that would make a fuzzed run wait (follow a folder) or run another program are left out.
 UNSAFE = {"--follow", "--poll", "--idle-timeout", "--sentinel", "--delete-ingested"}
 
@@ -38,19 +41,22 @@ def _commands() -> dict[str, dict[str, tuple[str, bool]]]:
         for p in cmd.params:
             if not getattr(p, "opts", None) or not p.opts[0].startswith("-") or p.opts[0] in UNSAFE:
                 continue
-            kind = "flag" if getattr(p, "is_flag", False) else _kind(p.bare_type())
+            kind = "flag" if getattr(p, "is_flag", False) else _kind(p)
             for o in p.opts:
                 opts[o] = (kind, bool(getattr(p, "multiple", False)))
         out[name] = opts
     return out
 
 
-def _kind(t: Any) -> str:
-    if t is int:
+def _kind(p: Any) -> str:
+    """The kind of value an option takes, from its annotation (typer may give the type or its name)."""
+    t = getattr(getattr(p, "type_descriptor", None), "annotation", None) or p.bare_type()
+    name = t if isinstance(t, str) else getattr(t, "__name__", "")
+    if t is int or name == "int":
         return "int"
-    if t is float:
+    if t is float or name == "float":
         return "float"
-    if isinstance(t, type) and issubclass(t, os.PathLike):
+    if (isinstance(t, type) and issubclass(t, os.PathLike)) or name in ("Path", "PosixPath"):
         return "path"
     return "str"
 
@@ -83,6 +89,9 @@ VALUES = [
 
 @pytest.fixture(scope="module")
 def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Paths the fuzz points commands at, built once: a sound store, a damaged one, a missing path, a file,
+    an empty folder, a new path. A run that changed them (repair, record, a backup folder) is undone after it
+    from a pristine copy, so that every example meets the same places."""
     root = tmp_path_factory.mktemp("cli")
     good = root / "good.zarr"
     write(good, list(range(12)), fsync=False)
@@ -91,6 +100,8 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     chunk_file(bad, "proj", 1).write_bytes(b"\0")
     (root / "file.txt").write_text("x")
     (root / "empty").mkdir()
+    _SIGNATURE[str(root)] = _signature(root)
+    shutil.copytree(root, root.with_name(root.name + "-pristine"))
     return {
         "good": str(good),
         "bad": str(bad),
@@ -101,39 +112,79 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     }
 
 
-@st.composite
-def argv(draw: st.DrawFn, places: dict[str, str]) -> list[str]:
-    paths = sorted(places.values())
+def _signature(root: Path) -> list[tuple[str, int, int]]:
+    """Every file under root with its size and modification time, and every folder."""
+    out = []
+    for folder, dirs, files in os.walk(root):
+        for d in dirs:
+            out.append((os.path.join(folder, d), -1, 0))
+        for f in files:
+            st_ = os.lstat(os.path.join(folder, f))
+            out.append((os.path.join(folder, f), st_.st_size, st_.st_mtime_ns))
+    return sorted(out)
+
+
+_SIGNATURE: dict[str, list[tuple[str, int, int]]] = {}  # root of the places -> its signature as built
+
+
+def _restore(places: dict[str, str]) -> None:
+    """Put the places back as built when a run changed them (`record`, `repair`, a backup folder, ...)."""
+    root = Path(places["good"]).parent
+    if _signature(root) != _SIGNATURE[str(root)]:
+        shutil.rmtree(root)
+        shutil.copytree(root.with_name(root.name + "-pristine"), root)
+
+
+@functools.cache
+def _strategies(paths: tuple[str, ...]) -> dict[str, Any]:
+    """The strategies argv draws from, built once: building them for each example costs more than drawing."""
     noise = st.one_of(
         st.sampled_from(OPTIONS), st.sampled_from(VALUES), st.sampled_from(paths), st.text(max_size=12)
     )
+    values = {
+        opt: st.sampled_from(
+            {"int": INTS, "float": FLOATS, "path": paths}.get(kind) or WORDS.get(opt, VALUES)
+        )
+        for options in COMMANDS.values()
+        for opt, (kind, _) in options.items()
+        if kind != "flag"
+    }
+    return {
+        "noise": noise,
+        "anything": st.lists(noise, min_size=1, max_size=6),
+        "head": st.sampled_from(sorted(COMMANDS)),
+        "path": st.sampled_from(paths),
+        "steps": st.sampled_from(["3", "6", "0", "-2"]),
+        "options": {c: st.sampled_from(sorted(o)) for c, o in COMMANDS.items() if o},
+        "values": values,
+        "odd values": {opt: st.one_of(v, noise) for opt, v in values.items()},
+    }
+
+
+@st.composite
+def argv(draw: st.DrawFn, places: dict[str, str]) -> list[str]:
+    paths = tuple(sorted(places.values()))
+    s = _strategies(paths)
     if draw(st.integers(0, 3)) == 0:  # anything at all
-        return draw(st.lists(noise, min_size=1, max_size=6))
-    head = draw(st.sampled_from(sorted(COMMANDS)))
+        return draw(s["anything"])
+    head = draw(s["head"])
     if head == "record":
         rest = ["--out", draw(st.sampled_from([places["new"], *paths])), "--synthetic", "white-noise"]
-        rest += ["--steps", draw(st.sampled_from(["3", "6", "0", "-2"])), "--dim", "16", "--k", "8"]
+        rest += ["--steps", draw(s["steps"]), "--dim", "16", "--k", "8"]
     else:
-        rest = [draw(st.sampled_from(paths))]
+        rest = [draw(s["path"])]
     options = COMMANDS[head]
     for _ in range(draw(st.integers(0, 4))):
         if not options:
             break
-        opt = draw(st.sampled_from(sorted(options)))
+        opt = draw(s["options"][head])
         kind, _multiple = options[opt]
         rest.append(opt)
         if kind == "flag":
             continue
-        values = {"int": INTS, "float": FLOATS, "path": paths}.get(kind) or WORDS.get(opt, VALUES)
-        rest.append(
-            draw(
-                st.one_of(st.sampled_from(values), noise)
-                if draw(st.integers(0, 5)) == 0
-                else st.sampled_from(values)
-            )
-        )
+        rest.append(draw(s["odd values"][opt] if draw(st.integers(0, 5)) == 0 else s["values"][opt]))
     if draw(st.integers(0, 5)) == 0:
-        rest.insert(draw(st.integers(0, len(rest))), draw(noise))
+        rest.insert(draw(st.integers(0, len(rest))), draw(s["noise"]))
     return [head, *rest]
 
 
@@ -147,8 +198,12 @@ def test_fuzzed_command_lines(
     _run(data.draw(argv(places)), places, tmp_path_factory.getbasetemp())
 
 
+#: argument lists of the slow run (one takes a few milliseconds in-process: see faultkit.cli)
+MANY = 10_000
+
+
 @pytest.mark.slow
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=MANY, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_command_lines_many(
     places: dict[str, str], tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
@@ -170,11 +225,20 @@ def _run(args: list[str], places: dict[str, str], where: Path) -> None:
     finally:
         os.chdir(cwd)
         shutil.rmtree(Path(places["new"]).parent, ignore_errors=True)
+        if not args or args[0] not in READ_ONLY:
+            _restore(places)
     text = res.stdout + res.stderr
     assert res.exit_code in DOCUMENTED, (args, res.exit_code, text[-2000:], res.exception)
     assert "Traceback" not in text, (args, text[-2000:])
     assert "internal error" not in text, (args, text[-2000:])
     assert res.exception is None or isinstance(res.exception, SystemExit), (args, repr(res.exception))
+    # The message: one `gradmanifold: error:` line for every error a command reports; an error found by
+    # the option parser (unknown option, missing or malformed value) is click's usage block naming it.
+    err = [line for line in res.stderr.splitlines() if line.strip()]
+    if any(line.startswith("gradmanifold: error: ") for line in err):
+        assert len(err) == 1 and res.exit_code != 0, (args, res.exit_code, err)
+    elif err and err[0].startswith("Usage: "):
+        assert res.exit_code == 2 and any("Error" in line for line in err), (args, res.exit_code, err)
 
 
 def test_overlong_path_name(tmp_path: Path) -> None:

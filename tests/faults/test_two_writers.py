@@ -12,15 +12,17 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from faultkit import GROUPS, SPEC, assert_clean_prefix, assert_one_line_error, cli, spawn, write
+from faultkit import DEADLINE, GROUPS, SPEC, assert_clean_prefix, assert_one_line_error, cli, spawn, write
 
+import gradmanifold.store.lock as lock_mod
 from gradmanifold.errors import StoreLockedError
 from gradmanifold.store import StoreWriter, open_store
-from gradmanifold.store.lock import LOCK_NAME
+from gradmanifold.store.lock import LOCK_NAME, read_holder
 from gradmanifold.store.verify import verify_store
 
 HOLDER = """
@@ -39,26 +41,48 @@ HOLDER = """
 
 RACER = """
     import os, sys, time
-    from faultkit import GROUPS, SPEC, make_row
+    from faultkit import DEADLINE, GROUPS, SPEC, make_row
     from gradmanifold.errors import StoreLockedError
     from gradmanifold.store import StoreWriter
-    path, go, break_lock = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    path, go, break_lock, tried = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4]
+    n = int(sys.argv[5])
     print("ready", flush=True)
     while not os.path.exists(go):
         time.sleep(0.0005)
     try:
         w = StoreWriter(path, SPEC, GROUPS, chunk_rows=4, break_lock=break_lock)
     except StoreLockedError as exc:
-        print("locked", exc, flush=True)
+        result = f"locked {exc}"
     except Exception as exc:
-        print("other", type(exc).__name__, exc, flush=True)
+        result = f"other {type(exc).__name__} {exc}"
     else:
-        n = w.n_rows
-        w.append(n, *make_row(n))
-        time.sleep(0.5)  # hold it while the others try
+        n_rows = w.n_rows
+        w.append(n_rows, *make_row(n_rows))
+        result = "won"
+    open(os.path.join(tried, str(os.getpid())), "w").close()  # this racer has made its attempt
+    if result == "won":
+        # Hold the store until every racer has made its attempt, however slowly they run, then let it go.
+        deadline = time.monotonic() + DEADLINE
+        while len(os.listdir(tried)) < n and time.monotonic() < deadline:
+            time.sleep(0.001)
+        if len(os.listdir(tried)) < n:
+            result = f"won, but only {len(os.listdir(tried))} of {n} racers tried within {DEADLINE:g} s"
         w.close()
-        print("won", flush=True)
+    print(result, flush=True)
 """
+
+
+class _PinnedClock:
+    """The time module as the lock module sees it, with time() pinned: the age of a lock file is exact."""
+
+    def __init__(self, now: float) -> None:
+        self._now = now
+
+    def time(self) -> float:
+        return self._now
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
 
 
 def _hold(path: Path) -> subprocess.Popen[str]:
@@ -79,11 +103,25 @@ def test_second_writer_fails_at_once_naming_the_holder(tmp_path: Path) -> None:
     write(path, list(range(3)))
     proc = _hold(path)
     try:
-        t0 = time.perf_counter()
-        with pytest.raises(StoreLockedError) as info:
-            StoreWriter(path, SPEC, GROUPS)
-        assert time.perf_counter() - t0 < 1.0  # fails at once, does not wait for the lock
-        msg = str(info.value)
+        # Fails at once: the holder keeps the lock until the test lets it go (below), so a writer that waited
+        # for the lock would not come back; it must raise while the lock is still held.
+        outcome: dict[str, object] = {}
+
+        def second_writer() -> None:
+            try:
+                StoreWriter(path, SPEC, GROUPS).abandon()
+                outcome["result"] = "opened the store"
+            except BaseException as exc:
+                outcome["result"] = exc
+
+        attempt = threading.Thread(target=second_writer, daemon=True)
+        attempt.start()
+        attempt.join(DEADLINE)
+        assert not attempt.is_alive(), f"a second writer still waits for the lock after {DEADLINE:g} s"
+        assert isinstance(outcome["result"], StoreLockedError), outcome
+        holder = read_holder(path)
+        assert proc.poll() is None and holder is not None and holder.pid == proc.pid  # the lock was held
+        msg = str(outcome["result"])
         assert f"pid {proc.pid} on host {socket.gethostname()}" in msg and "one writer at a time" in msg
         # repair refuses too; reading goes on (a snapshot of the last commit)
         err = assert_one_line_error(cli("repair", str(path)), 2)
@@ -92,7 +130,7 @@ def test_second_writer_fails_at_once_naming_the_holder(tmp_path: Path) -> None:
         assert res.exit_code == 0 and "a writer is appending" in res.stdout
         assert assert_clean_prefix(path) == 9
     finally:
-        proc.communicate(timeout=60)  # closes its stdin: it commits and exits
+        proc.communicate(timeout=DEADLINE)  # closes its stdin: it commits and exits
     assert proc.returncode == 0
     write(path, [9])  # free again
     assert assert_clean_prefix(path) == 10
@@ -128,13 +166,17 @@ def test_lock_of_another_host_is_never_broken(tmp_path: Path) -> None:
         StoreWriter(path, SPEC, GROUPS, break_lock=True)
 
 
-def test_unreadable_lock_file(tmp_path: Path) -> None:
+def test_unreadable_lock_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A lock file with no holder in it: locked while fresh, stale (breakable) once old."""
     path = tmp_path / "r.zarr"
     write(path, [0])
     (path / LOCK_NAME).write_bytes(b"")
-    with pytest.raises(StoreLockedError, match="unreadable lock file"):
+    # Written one second ago (a pinned clock: however long this machine takes between the two lines).
+    written = (path / LOCK_NAME).stat().st_mtime
+    with monkeypatch.context() as mp, pytest.raises(StoreLockedError, match="unreadable lock file") as info:
+        mp.setattr(lock_mod, "time", _PinnedClock(written + 1.0))
         StoreWriter(path, SPEC, GROUPS, break_lock=True)
+    assert "stale" not in str(info.value)
     old = time.time() - 60
     os.utime(path / LOCK_NAME, (old, old))
     with pytest.raises(StoreLockedError, match="stale lock from an unreadable lock file"):
@@ -144,14 +186,17 @@ def test_unreadable_lock_file(tmp_path: Path) -> None:
 
 
 def _race(tmp_path: Path, path: Path, n: int, break_lock: bool) -> list[str]:
-    go = tmp_path / "go"
-    procs = [spawn(RACER, str(path), str(go), "1" if break_lock else "0") for _ in range(n)]
+    """n processes try to open the store at once; the winner holds it until every other one has tried."""
+    go, tried = tmp_path / "go", tmp_path / "tried"
+    tried.mkdir()
+    flag = "1" if break_lock else "0"
+    procs = [spawn(RACER, str(path), str(go), flag, str(tried), str(n)) for _ in range(n)]
     for p in procs:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready", p.communicate()[1]
     go.touch()
     outs = []
     for p in procs:
-        out, err = p.communicate(timeout=120)
+        out, err = p.communicate(timeout=DEADLINE)
         assert p.returncode == 0, err
         outs.append(out.strip())
     go.unlink()
