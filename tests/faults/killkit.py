@@ -50,14 +50,22 @@ PHASES = ("append", "rewind", "commit", "repair")
 #: a writer that reached this many steps without dying at its kill point exits with code 3
 STEP_LIMIT = 20_000
 CHUNK_ROWS = 3
-#: the gradients a recording job records (a Recorder projects them; k and seed as SPEC)
+#: the gradients a recording job records (a Recorder projects them; k and seed as SPEC); "a" is a 5 x 8
+#: matrix, so the job also records its layer spectra (every SPECTRA_EVERY steps) and the parameter updates
 RECORDED = (("a", 40), ("b", 6))
+SPECTRA_EVERY, SPECTRA_TOP = 2, 3
 
 
 def grads(step: int, version: int) -> dict[str, np.ndarray]:
     """The gradient a recording job gives the Recorder at `step` after `version` rewinds."""
     rng = np.random.default_rng([version, step, 7])
-    return {"a": rng.standard_normal(40).astype(np.float32), "b": rng.standard_normal(6)}
+    return {"a": rng.standard_normal((5, 8)).astype(np.float32), "b": rng.standard_normal(6)}
+
+
+def params(step: int, version: int) -> dict[str, np.ndarray]:
+    """The parameters a recording job gives beside the gradient (their differences are the updates)."""
+    rng = np.random.default_rng([version, step, 11])
+    return {"a": rng.standard_normal((5, 8)).astype(np.float32), "b": rng.standard_normal(6)}
 
 
 def recorded_row(step: int, version: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +101,59 @@ def check_recorded(path: Path) -> int:
         want_proj, want_sq = recorded_row(s, v)
         np.testing.assert_array_equal(proj[i], want_proj)
         np.testing.assert_array_equal(sqnorm[i], want_sq)
+    _check_extras(path, chunks, step, versions)
     return len(step)
+
+
+def open_recorder(path: Path) -> Any:
+    """The Recorder every recording job (and its resumption) uses: spectra and updates on."""
+    from gradmanifold import Recorder
+
+    return Recorder(
+        path,
+        k=SPEC.k,
+        seed=SPEC.seed,
+        chunk_rows=CHUNK_ROWS,
+        break_lock=True,
+        flush_interval=1e9,
+        spectra_every=SPECTRA_EVERY,
+        spectra_top=SPECTRA_TOP,
+        updates=True,
+    )
+
+
+def record(rec: Any, step: int, version: int) -> None:
+    """Record `step` of `version` (its version kept in `loss`)."""
+    rec.record(step, grads(step, version), loss=float(version), params=params(step, version))
+
+
+def _check_extras(path: Path, chunks: list[Any], step: np.ndarray, versions: np.ndarray) -> None:
+    """The spectra table and the update arrays of a recorded store hold only what the job recorded.
+
+    A spectra row exists only for an even step the main rows hold (a kill between the main row's commit and
+    its spectra row's loses that spectra row, never more), with the singular values of that version's
+    gradient; an update row is NaN (the first row of a process, or after a rewind) or the exact difference of
+    the parameters of the row before and of this row, of one version.
+    """
+    from gradmanifold.store import open_store
+
+    upd_sq = np.concatenate([c.update_sqnorm for c in chunks])
+    for i in range(len(step)):
+        if np.isnan(upd_sq[i]).all():
+            continue
+        assert i > 0 and versions[i] == versions[i - 1], f"row {i}: an update across a rewind"
+        now, before = params(int(step[i]), int(versions[i])), params(int(step[i - 1]), int(versions[i]))
+        want = [float(((now[n] - before[n]).astype(np.float64) ** 2).sum()) for n, _ in RECORDED]
+        np.testing.assert_allclose(upd_sq[i], want, rtol=1e-12)
+    r = open_store(path)
+    tab = r.read_table("spectra")
+    by_step = dict(zip(step.tolist(), versions.tolist(), strict=True))
+    got = tab["spectra_step"].tolist()
+    assert got == sorted(set(got)) and all(s % SPECTRA_EVERY == 0 and s in by_step for s in got), got
+    for j, s in enumerate(got):
+        a = grads(s, by_step[s])["a"].astype(np.float64)
+        want = np.linalg.svd(a, compute_uv=False)[:SPECTRA_TOP]
+        np.testing.assert_allclose(tab["spectra_sigma"][j, 0], want, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -189,16 +249,13 @@ def _writer_job(job: dict[str, Any], trip: _Trip) -> int:
     rewind_rate = 0.3 if job["phase"] == "rewind" else 0.06
     version = _last_version(path, recorder) + 1
     if recorder:
-        from gradmanifold import Recorder
         from gradmanifold.store import open_store
 
         step = open_store(path).n_steps if path.exists() else 0
-        rec = Recorder(
-            path, k=SPEC.k, seed=SPEC.seed, chunk_rows=CHUNK_ROWS, break_lock=True, flush_interval=1e9
-        )
+        rec = open_recorder(path)
 
         def add(s: int) -> None:
-            rec.record(s, grads(s, version), loss=float(version))
+            record(rec, s, version)
 
         flush = rec.flush
         add(step)  # the Recorder opens its store at its first step

@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from faultkit import GROUPS, SPEC, assert_clean_prefix, make_row, read_all, write
-from killkit import CHUNK_ROWS, ForkServer, Outcome, check_recorded, grads
+from killkit import CHUNK_ROWS, ForkServer, Outcome, check_recorded, open_recorder, record
 
-from gradmanifold import Recorder
 from gradmanifold.store import StoreWriter, open_store
 from gradmanifold.store.repair import repair_store
 from gradmanifold.store.verify import verify_store
@@ -65,8 +64,8 @@ def _resume(path: Path, writer: str) -> None:
         if writer == "recorder":
             loss = [c.loss for c in open_store(path).iter_chunks() if c.loss is not None]
             version = int(np.concatenate(loss)[-1]) + 1 if n else 0
-            with Recorder(path, k=SPEC.k, seed=SPEC.seed, chunk_rows=CHUNK_ROWS, break_lock=True) as rec:
-                rec.record(n, grads(n, version), loss=float(version))
+            with open_recorder(path) as rec:
+                record(rec, n, version)
         else:
             version = int(read_all(path)["sqnorm"][-1, 0]) + 1 if n else 0
             with StoreWriter(path, SPEC, GROUPS, chunk_rows=CHUNK_ROWS, break_lock=True) as w:
