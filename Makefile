@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-slow test-loaded lint bench demo golden samples clean
+.PHONY: help install test test-slow test-loaded lint bench demo golden samples figures clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,13 @@ golden: install  ## regenerate tests/golden/*.json from sample_logs (explicit, n
 
 samples: install  ## rebuild sample_logs/ from scratch (deterministic, torch on CPU)
 	$(PY) sample_logs/make_samples.py
+
+figures: install  ## regenerate docs/figures/*.png from sample_logs (README's picture, docs/PLOTS.md)
+	mkdir -p docs/figures
+	$(VENV)/bin/gradmanifold plot sample_logs/mlp_digits_adamw.zarr -o docs/figures/mlp_digits_adamw.png
+	$(VENV)/bin/gradmanifold plot sample_logs/cnn_digits_spectra.zarr -o docs/figures/cnn_digits_spectra.png --dpi 75
+	$(VENV)/bin/gradmanifold plot sample_logs/mlp_digits_updates.zarr -o docs/figures/mlp_digits_updates.png \
+		--window 100 --dpi 80
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from gradmanifold.errors import InputError
-from gradmanifold.projection import ProjectionSpec, project_with_norm
+from gradmanifold.projection import ProjectionSpec
+from gradmanifold.sharded import project_local
 
 
 def numel(x: Any) -> int:
@@ -91,10 +92,13 @@ class UpdateTracker:
     is exact (Sterbenz), so R u and ||u||^2 are as exact as the gradient's. mode "projected" keeps only the
     float64 projections R theta and differences them: no copy, but ||u||^2 is unknown (NaN) and the
     difference loses |R theta| * 1e-16 to cancellation. The first call (and the first after reset) has no
-    previous parameters: None.
+    previous parameters: None. Sharded parameters (DTensors, gradmanifold.sharded.Pieces) give this rank's
+    share of R u and ||u||^2, which the Recorder sums over ranks; update(keep=False) then accept() keeps the
+    parameters only once the row is known to be recorded.
     """
 
     def __init__(self, mode: str, spec: ProjectionSpec, where: Mapping[str, tuple[int, Any]], n_groups: int):
+        self.plain = True  # whether this rank contributes unsharded parameters (rank 0 of a sharded job)
         self.mode = mode
         self.spec = spec
         self.where = where  # tensor name -> (group index, member with .offset, .size)
@@ -102,16 +106,28 @@ class UpdateTracker:
         self.group_names: list[str] = []
         self._prev: dict[str, Any] | None = None
         self._prev_proj: np.ndarray | None = None
+        self._next: tuple[dict[str, Any] | None, np.ndarray | None] | None = None
 
     def reset(self) -> None:
         """Forget the previous parameters (a rewind: the next update is unknown)."""
         self._prev = None
         self._prev_proj = None
+        self._next = None
+
+    def accept(self) -> None:
+        """Remember the parameters of the last update(keep=False) call."""
+        if self._next is not None:
+            self._prev, self._prev_proj = self._next
+            self._next = None
 
     def update(
-        self, params: Mapping[str, Any], group_names: list[str]
+        self, params: Mapping[str, Any], group_names: list[str], keep: bool = True
     ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(R u [G, k], ||u||^2 [G]) since the previous call (None, None on the first); remembers these."""
+        """(R u [G, k], ||u||^2 [G]) since the previous kept call (None, None on the first).
+
+        params: name -> parameter, the recorded tensors. group_names: the groups, by index. keep: remember
+        these parameters now (False: only once accept() is called).
+        """
         missing = sorted(set(self.where) - set(params))
         extra = sorted(set(params) - set(self.where))
         if missing or extra:
@@ -135,12 +151,16 @@ class UpdateTracker:
             proj = np.zeros((self.groups, k))
             for name, p in params.items():
                 gi, member = self.where[name]
-                proj[gi] += project_with_norm(p, self.spec, group_names[gi], member.offset)[0]
-            prev, self._prev_proj = self._prev_proj, proj
+                proj[gi] += project_local(p, self.spec, group_names[gi], member.offset, self.plain)[0]
+            prev, self._next = self._prev_proj, (None, proj)
+            if keep:
+                self.accept()
             if prev is None:
                 return None, None
             return proj - prev, np.full(self.groups, np.nan)
-        prev_params, self._prev = self._prev, {name: _copy(p) for name, p in params.items()}
+        prev_params, self._next = self._prev, ({name: _copy(p) for name, p in params.items()}, None)
+        if keep:
+            self.accept()
         if prev_params is None:
             return None, None
         w = np.zeros((self.groups, k))
@@ -148,7 +168,7 @@ class UpdateTracker:
         for name, p in params.items():
             gi, member = self.where[name]
             u = (p.detach() if hasattr(p, "detach") else np.asarray(p)) - prev_params[name]
-            z, q = project_with_norm(u, self.spec, group_names[gi], member.offset)
+            z, q = project_local(u, self.spec, group_names[gi], member.offset, self.plain)
             w[gi] += z
             usq[gi] += q
         return w, usq

@@ -93,6 +93,14 @@ class ProjectionSpec:
             raise UsageError(
                 f"projection k={self.k!r} is invalid: k is the output dimension; use an integer >= 1"
             )
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int | np.integer)
+            or not 0 <= self.seed < 1 << 64
+        ):
+            raise UsageError(
+                f"projection seed={self.seed!r} is invalid: use an integer in [0, 2**64) (the store keeps it)"
+            )
         if self.kind not in KINDS:
             raise UsageError(f"projection kind {self.kind!r} is unknown: use one of {', '.join(KINDS)}")
         if self.kind == "sparse" and (self.s not in SPARSE_S or self.k % self.s):
@@ -165,6 +173,49 @@ class Projector:
         """float64[k] projection of x; see project_with_norm."""
         return self.project_with_norm(x, group, offset)[0]
 
+    def project_runs_with_norm(
+        self, x: Any, group: str, starts: np.ndarray, run: int
+    ) -> tuple[np.ndarray, float]:
+        """Projection and ||x||^2 of x, flat, whose r-th run of `run` values starts at global index starts[r].
+
+        A block of a sharded tensor is such a set of runs (gradmanifold.sharded). Each run costs one kernel
+        call, not one project_with_norm call, so a shard of thousands of short rows stays cheap.
+        """
+        if not isinstance(group, str):
+            raise UsageError(
+                f"group name {group!r} is not a string: the key of a group is hashed from its name"
+            )
+        starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+        if isinstance(run, bool) or not isinstance(run, int | np.integer) or run < 0 or (starts < 0).any():
+            raise UsageError(
+                f"runs of {run!r} values at {starts[:4]!r}...: use a length >= 0 and starts >= 0"
+            )
+        k = self.spec.k
+        if run == 0 or starts.size == 0:
+            return np.zeros(k), 0.0
+        keys = _keys(int(self.spec.seed), group, self.spec.s)
+        if "torch" in sys.modules and isinstance(x, sys.modules["torch"].Tensor) and x.device.type != "cpu":
+            flat = x.reshape(-1)
+            if flat.numel() != starts.size * run:
+                raise UsageError(f"{flat.numel()} values are not {starts.size} runs of {run}")
+            z, q = np.zeros(k), 0.0
+            for r, g in enumerate(starts.tolist()):
+                zr, qr = _project_torch(flat[r * run : (r + 1) * run], self.spec, keys, int(g))
+                z, q = z + zr, q + qr
+            return z, q
+        if "torch" in sys.modules and isinstance(x, sys.modules["torch"].Tensor):
+            n, whole, get = _torch_cpu_source(x)
+        else:
+            n, whole, get = _numpy_source(x)
+        if n != starts.size * run:
+            raise UsageError(f"{n} values are not {starts.size} runs of {run}")
+        total = np.zeros(k + 1)
+        acc, _, scale = _accumulator(self.spec, keys, total)
+        for r, g in enumerate(starts.tolist()):
+            lo = r * run
+            acc(whole[lo : lo + run] if whole is not None else np.ascontiguousarray(get(lo, lo + run)), g)
+        return total[:k] * scale, float(total[k])
+
 
 def project_with_norm(x: Any, spec: ProjectionSpec, group: str, offset: int = 0) -> tuple[np.ndarray, float]:
     """Project x (flattened, starting at `offset` within its group) to float64[k]; also its exact ||x||^2.
@@ -177,6 +228,17 @@ def project_with_norm(x: Any, spec: ProjectionSpec, group: str, offset: int = 0)
 def project(x: Any, spec: ProjectionSpec, group: str, offset: int = 0) -> np.ndarray:
     """Project x (flattened, starting at `offset` within its group) to float64[k]."""
     return Projector(spec).project_with_norm(x, group, offset)[0]
+
+
+def project_runs_with_norm(
+    x: Any, spec: ProjectionSpec, group: str, starts: np.ndarray, run: int
+) -> tuple[np.ndarray, float]:
+    """Project x, flat, made of runs of `run` values, the r-th at global index starts[r] within its group.
+
+    x: the runs back to back (len(starts) * run values). Returns float64[k] and ||x||^2, like
+    project_with_norm: the sum over runs of project_with_norm(run_r, spec, group, starts[r]).
+    """
+    return Projector(spec).project_runs_with_norm(x, group, starts, run)
 
 
 @functools.lru_cache(maxsize=64)
@@ -251,6 +313,25 @@ def _torch_cpu_source(t: Any) -> Source:
     return flat_t.numel(), None, lambda lo, hi: flat_t[lo:hi].to(torch.float32).numpy()
 
 
+def _accumulator(
+    spec: ProjectionSpec, keys: _Keys, total: np.ndarray
+) -> tuple[Callable[[np.ndarray, int], None], int, float]:
+    """(add(x, base): accumulate x at global index `base` into total, super-block size, output scale)."""
+    k = spec.k
+    if spec.kind == "sparse":
+        m = k // spec.s
+
+        def run(x: np.ndarray, base: int) -> None:
+            _k.sparse_accumulate(x, base, m, keys.kshift, keys.ksign, total)
+
+        return run, _k.sparse_superblock(m), 1.0 / math.sqrt(spec.s)
+
+    def run_gaussian(x: np.ndarray, base: int) -> None:
+        _k.gaussian_accumulate(x, base, keys.kgauss, k, total)
+
+    return run_gaussian, _k.GAUSSIAN_SUPERBLOCK, 1.0 / math.sqrt(k)
+
+
 def _project_pieces(
     n: int,
     whole: np.ndarray | None,
@@ -261,21 +342,7 @@ def _project_pieces(
 ) -> tuple[np.ndarray, float]:
     k = spec.k
     total = np.zeros(k + 1)
-    if spec.kind == "sparse":
-        m = k // spec.s
-
-        def run(x: np.ndarray, base: int) -> None:
-            _k.sparse_accumulate(x, base, m, keys.kshift, keys.ksign, total)
-
-        sb = _k.sparse_superblock(m)
-        scale = 1.0 / math.sqrt(spec.s)
-    else:
-
-        def run(x: np.ndarray, base: int) -> None:
-            _k.gaussian_accumulate(x, base, keys.kgauss, k, total)
-
-        sb = _k.GAUSSIAN_SUPERBLOCK
-        scale = 1.0 / math.sqrt(k)
+    run, sb, scale = _accumulator(spec, keys, total)
     if whole is not None:
         run(whole, offset)
     else:

@@ -10,6 +10,7 @@ with Recorder("run.zarr", k=256, seed=0) as rec:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fnmatch
 import os
 import threading
@@ -24,7 +25,8 @@ import numpy as np
 
 from gradmanifold.errors import InputError, NonFiniteGradientError, StoreWriteError
 from gradmanifold.passive import UpdateTracker, matrix_layers, numel, spectra_row
-from gradmanifold.projection import ProjectionSpec, project_with_norm
+from gradmanifold.projection import ProjectionSpec
+from gradmanifold.sharded import project_local
 
 GroupsArg = None | Literal["auto", "single", "tensor"] | Mapping[str, str | Sequence[str]]
 SINGLE_GROUP = "all"
@@ -54,9 +56,12 @@ class _Layout:
 
 
 def _named_tensors(grads: Any) -> list[tuple[str, Any]]:
-    """(name, gradient or None) pairs from a torch Module, a mapping name -> array, or one array."""
+    """(name, gradient or None) pairs from a torch Module (named as unwrapped: gradmanifold.sharded), a
+    mapping name -> array, or one array."""
     if hasattr(grads, "named_parameters") and callable(grads.named_parameters):
-        return [(n, p.grad) for n, p in grads.named_parameters() if p.requires_grad]
+        from gradmanifold.sharded import module_tensors
+
+        return module_tensors(grads, "grad")
     if isinstance(grads, Mapping):
         out = []
         for name, value in grads.items():
@@ -192,6 +197,7 @@ class Recorder:
         self.steps_flagged = 0
         self.steps_skipped = 0
         self._exit_hook: Any = None
+        self._dist: Any = None  # a sharded.Exchange when the gradients are sharded across ranks
         self._pid = os.getpid()  # a forked child must never commit or unlock the parent's store
 
     # ---------------------------------------------------------------- public API
@@ -213,7 +219,8 @@ class Recorder:
 
         grads: a torch Module (its parameters' .grad), a mapping name -> array, or one array. loss, lr:
         numbers stored beside. params: with updates, the parameters (same names and sizes as grads) for a
-        mapping; a Module gives its own.
+        mapping; a Module gives its own. Sharded gradients (FSDP, tensor parallel DTensors): call record() on
+        every rank at the same steps; rank 0 writes (docs/SHARDED.md).
         """
         if self._closed:
             raise InputError(f"the Recorder for {self.path} is closed")
@@ -223,6 +230,8 @@ class Recorder:
                 "record from the training process only (or open another store in the child)"
             )
         if self._failed:
+            if self._dist is not None and self._dist.stop_pending:  # tell the other ranks, at this step
+                self._dist.step(None, len(self._layout.groups), self.spec.k, self._tracker is not None)  # type: ignore[union-attr]
             return False
         if isinstance(step, bool) or not isinstance(step, int | np.integer):
             raise InputError(f"step must be an integer, not {type(step).__name__}")
@@ -231,7 +240,17 @@ class Recorder:
         named = _named_tensors(grads)
         if self._layout is None:
             self._open([(n, numel(g)) if g is not None else (n, -1) for n, g in named], named)
-        proj, sqnorm, flags = self._project(named)
+        update = update_sq = None
+        if self._dist is not None:
+            got = self._exchange(int(step), named, grads, params)
+            if got is None:
+                return False
+            proj, sqnorm, present, update, update_sq = got
+        else:
+            if self._writer is None:  # suspended
+                self._open_writer(self._layout, "must")  # type: ignore[arg-type]
+            proj, sqnorm, present = self._project_local(named)
+        proj, sqnorm, flags = self._finish(proj, sqnorm, present)
         bad = [g for (g, _), f in zip(self._layout.groups, flags, strict=True) if f & FLAG_NONFINITE]  # type: ignore[union-attr]
         if bad and self.nonfinite == "raise":
             raise NonFiniteGradientError(
@@ -239,26 +258,19 @@ class Recorder:
                 f"{' ...' if len(bad) > 5 else ''}; nothing recorded for this step"
             )
         if bad and self.nonfinite == "skip":
-            self._writer.note_skipped()
+            if self._writer is not None:  # None on a rank other than 0 of a sharded job
+                self._writer.note_skipped()
             self.steps_skipped += 1
             return False
-        update = update_sq = None
-        if self._tracker is not None:  # between consecutive recorded rows
+        if self._tracker is not None and self._dist is not None:
+            self._tracker.accept()
+        elif self._tracker is not None:  # between consecutive recorded rows
             if self._last_step is not None and step <= self._last_step:
                 self._tracker.reset()  # a rewind: the parameters before this step are not the ones kept
             update, update_sq = self._tracker.update(_params(grads, params), list(self.group_names))
-        self._guard(
-            lambda: self._writer.append(
-                int(step),
-                proj,
-                sqnorm,
-                flags,
-                loss=_scalar(loss),
-                lr=_scalar(lr),
-                update=update,
-                update_sqnorm=update_sq,
-            )
-        )
+        if self._writer is not None:
+            kw = {"loss": _scalar(loss), "lr": _scalar(lr), "update": update, "update_sqnorm": update_sq}
+            self._guard(lambda: self._writer.append(int(step), proj, sqnorm, flags, **kw))
         if self._failed:
             return False
         self._last_step = int(step)
@@ -269,7 +281,7 @@ class Recorder:
                 return False
         self.steps_recorded += 1
         self.steps_flagged += bool(bad)
-        if time.monotonic() - self._last_commit > self.flush_interval:
+        if self._writer is not None and time.monotonic() - self._last_commit > self.flush_interval:
             self.flush()
         return True
 
@@ -298,6 +310,11 @@ class Recorder:
 
         if kind not in ("curvature", "glass"):
             raise InputError(f"probe kind must be 'curvature' or 'glass', not {kind!r}")
+        if self._dist is not None:
+            raise InputError(
+                "probes need the whole model in one process; this Recorder records sharded gradients "
+                "(FSDP, tensor parallel): probe an unsharded copy of the model instead"
+            )
         if self._writer is None or self._failed or self._closed:
             raise InputError(
                 f"probe at step {step}: the store {self.path} is not open; record() a step before the first "
@@ -384,6 +401,8 @@ class Recorder:
             if self.on_error == "raise":
                 raise
             self._failed = True
+            if self._dist is not None:
+                self._dist.stop_pending = True  # the other ranks stop at the next recorded step
             if self._writer is not None:
                 self._writer.abandon()
             warnings.warn(
@@ -391,7 +410,7 @@ class Recorder:
             )
 
     def _open(self, tensors: list[tuple[str, int]], named: list[tuple[str, Any]]) -> None:
-        from gradmanifold.store import StoreWriter
+        from gradmanifold import sharded
 
         missing = [n for n, size in tensors if size < 0]
         if missing:
@@ -402,19 +421,40 @@ class Recorder:
         if not tensors:
             raise InputError("nothing to record: no gradients (no parameters with requires_grad?)")
         layout = _build_layout(tensors, self._groups_arg, self._max_groups)
+        if any(sharded.is_distributed(g) for _, g in named):
+            # every rank gets here at its first step; rank 0 opens the store in the first exchange's local
+            # phase, so that a failure there stops every rank instead of leaving them in the all-reduce
+            if self.spectra_every:
+                sharded.refuse_spectra(named)
+            extra = f"every={self.every};nonfinite={self.nonfinite};updates={self.updates}"
+            self._dist = sharded.Exchange(sharded.layout_fingerprint(self.spec, layout.groups, extra))
+            self._plan(layout)
+            return
         if self.spectra_every:
             self._spectra_layers = matrix_layers(named, self.spectra_top)
-        self._writer = StoreWriter(
+        self._open_writer(layout, self._resume)
+        self._plan(layout)
+
+    def _plan(self, layout: _Layout) -> None:
+        self._layout = layout
+        self._where = {m.tensor: (gi, m) for gi, (_, ms) in enumerate(layout.groups) for m in ms}
+        if self.updates is not None:
+            self._tracker = UpdateTracker(self.updates, self.spec, self._where, len(layout.groups))
+            self._tracker.plain = self._dist is None or self._dist.rank == 0
+
+    def _open_writer(self, layout: _Layout, resume: str) -> None:
+        """Create or continue the store (resume "must" when reopening after suspend())."""
+        from gradmanifold.store import StoreWriter
+
+        writer = StoreWriter(
             self.path,
             self.spec,
             layout.sizes,
-            resume=self._resume,
+            resume=resume,  # type: ignore[arg-type]
             chunk_rows=self._chunk_rows,
             break_lock=self._break_lock,
             updates=self.updates,
         )
-        self._layout = layout
-        self._register_exit_hook()
         if self._spectra_layers:
             meta = {
                 "layers": [{"name": n, "shape": list(mn)} for n, mn in self._spectra_layers],
@@ -422,22 +462,68 @@ class Recorder:
             }
             dims = {"layers": len(self._spectra_layers), "q": self.spectra_top}
             try:
-                self._writer.add_table("spectra", dims, meta)
+                writer.add_table("spectra", dims, meta)
             except BaseException:
-                self._writer.abandon()
-                self._writer = None
-                self._layout = None
+                writer.abandon()
                 raise
-        self._where = {m.tensor: (gi, m) for gi, (_, ms) in enumerate(layout.groups) for m in ms}
-        if self.updates is not None:
-            self._tracker = UpdateTracker(self.updates, self.spec, self._where, len(layout.groups))
+        self._writer = writer
+        if self._exit_hook is None:
+            self._register_exit_hook()
 
-    def _project(self, named: list[tuple[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def suspend(self, status: str = "interrupted") -> None:
+        """Commit and release the store, mark this writer's segment `status`, and go on: the next record()
+        reopens it. Wrap mode does this on SIGTERM for sharded jobs, whose ranks must keep one Recorder.
+
+        status: "interrupted" (default), "closed" or "failed", as the store's segment list shows it.
+        """
+        if status not in ("interrupted", "closed", "failed"):
+            raise InputError(f"suspend status must be 'interrupted', 'closed' or 'failed', not {status!r}")
+        if os.getpid() != self._pid:  # a forked copy: the parent owns the store
+            return
+        if self._writer is not None and not self._failed and not self._closed:
+            self._guard(lambda: self._writer.close(status=status))
+            self._writer = None
+
+    def _exchange(self, step: int, named: list[tuple[str, Any]], grads: Any, params: Any) -> Any:
+        """A sharded step: every rank projects its pieces, one all-reduce sums them with every rank's stop
+        flag (so all ranks stop together); (proj, sqnorm, present, update, update_sq), None when stopped."""
+        assert self._layout is not None and self._dist is not None
+        dist, layout, tracker = self._dist, self._layout, self._tracker
+
+        def local() -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+            if dist.rank == 0 and self._writer is None:  # rank 0 opens the store here, in the local phase
+                self._open_writer(layout, "must" if self._exit_hook is not None else self._resume)
+            update = None
+            if tracker is not None:
+                if self._last_step is not None and step <= self._last_step:
+                    tracker.reset()  # a rewind
+                update = tracker.update(_params(grads, params), list(self.group_names), keep=False)
+            return (*self._project_local(named), update)
+
+        got, error = dist.step(local, len(layout.groups), self.spec.k, tracker is not None)
+        if not got.failed:
+            return got.proj, got.sqnorm, got.present, got.update, got.update_sq
+        self._failed = True
+        with contextlib.suppress(Exception):  # commit what was recorded before (and release the lock)
+            if self._writer is not None:
+                self._writer.close(status="failed")
+        if error is not None and not (isinstance(error, StoreWriteError) and self.on_error == "warn"):
+            raise error
+        why = error or got.why(step)
+        if self.on_error == "raise":
+            raise StoreWriteError(str(why))
+        if error is not None or dist.rank == 0:
+            warnings.warn(f"gradmanifold: recording stopped, training goes on: {why}", RuntimeWarning, 3)
+        return None
+
+    def _project_local(self, named: list[tuple[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per group: this process's share of the float64 projection, squared norm, and tensors present."""
         assert self._layout is not None
         n_groups = len(self._layout.groups)
         proj = np.zeros((n_groups, self.spec.k), np.float64)
         sqnorm = np.zeros(n_groups, np.float64)
         present = np.zeros(n_groups, np.int64)
+        plain = self._dist is None or self._dist.rank == 0  # unsharded tensors are replicated: rank 0's
         for name, grad in named:
             where = self._where.get(name)
             if where is None:
@@ -454,17 +540,23 @@ class Recorder:
                     f"gradient {name!r} has {n} elements, but {member.size} were recorded before; "
                     "a group's shape cannot change within a store"
                 )
-            z, q = project_with_norm(grad, self.spec, self._layout.groups[gi][0], member.offset)
+            z, q = project_local(grad, self.spec, self._layout.groups[gi][0], member.offset, plain)
             proj[gi] += z
             sqnorm[gi] += q
             present[gi] += 1
-        flags = np.zeros(n_groups, np.uint8)
+        return proj, sqnorm, present
+
+    def _finish(
+        self, proj: np.ndarray, sqnorm: np.ndarray, present: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The stored row: float32 projections, squared norms, and flags (skipped, non-finite)."""
+        flags = np.zeros(len(sqnorm), np.uint8)
         flags[present == 0] |= FLAG_SKIPPED
         # A projection beyond float32's range would be stored as inf: flag it like a non-finite gradient.
         f32_max = float(np.finfo(np.float32).max)
         nonfinite = ~np.isfinite(sqnorm) | ~(np.abs(proj) <= f32_max).all(axis=1)
         flags[nonfinite] |= FLAG_NONFINITE
-        proj[nonfinite] = 0.0
+        proj = np.where(nonfinite[:, None], 0.0, proj)
         return proj.astype(np.float32), sqnorm, flags
 
 
@@ -475,7 +567,9 @@ def _params(grads: Any, params: Mapping[str, Any] | None) -> Mapping[str, Any]:
             raise InputError(f"params must be a mapping name -> array, not {type(params).__name__}")
         return params
     if hasattr(grads, "named_parameters") and callable(grads.named_parameters):
-        return {n: p.detach() for n, p in grads.named_parameters() if p.requires_grad}
+        from gradmanifold.sharded import module_tensors
+
+        return dict(module_tensors(grads, "param"))
     raise InputError(
         "updates are recorded but record() got no params: pass params={name: array} with the same names "
         "and shapes as the gradients (a torch Module gives its own)"

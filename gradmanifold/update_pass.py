@@ -19,18 +19,31 @@ from gradmanifold.updates import UpdateAccumulator, UpdateStats
 class UpdatePass:
     """Streams z (projected gradients) and w (projected updates) of every scope into an UpdateAccumulator."""
 
-    def __init__(self, sel: Sequence[int], n_scopes: int, k: int, norms: str) -> None:
+    def __init__(
+        self,
+        sel: Sequence[int],
+        n_scopes: int,
+        k: int,
+        norms: str,
+        cols: Sequence[Sequence[int]] | None = None,
+    ) -> None:
         self.sel = list(sel)
+        self.cols = cols  # positions in sel of each scope's groups after the model (None: one group each)
         self.n_scopes = n_scopes
         self.norms = norms
         self.acc = UpdateAccumulator(n_scopes, k)
         self.windows: list[list[UpdateStats]] = []
 
     def _scopes(self, a: np.ndarray) -> np.ndarray:
-        """[n, G, ...] per group -> [n, S, ...]: the model (sum of the selected groups) then each group."""
+        """[n, G, ...] per group -> [n, S, ...]: the model (sum of the selected groups) then each group, or
+        each module (the sum of its groups)."""
         x = np.asarray(a, dtype=np.float64)[:, self.sel]
         model = x.sum(axis=1, keepdims=True)
-        return model if self.n_scopes == 1 else np.concatenate([model, x], axis=1)
+        if self.n_scopes == 1:
+            return model
+        if self.cols is not None:
+            x = np.stack([x[:, list(c)].sum(axis=1) for c in self.cols], axis=1)
+        return np.concatenate([model, x], axis=1)
 
     def feed(
         self, chunk: Chunk, valid: np.ndarray, counted: np.ndarray, segments: list[tuple[int, int, bool]]

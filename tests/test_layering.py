@@ -16,6 +16,11 @@ ALLOWED = {
     "numba": ("kernels/",),
     "typer": ("cli/",),
     "rich": ("cli/", "report/console"),
+    "matplotlib": ("plot",),
+    "dask": ("sweep.py",),
+    "distributed": ("sweep.py",),
+    "fsspec": ("store/",),
+    "aiohttp": ("store/",),
 }
 # package parts that must never import another part (renderers get plain results; analysis never records;
 # analysis builds the plain result objects of report/model.py but never renders)

@@ -2,149 +2,82 @@
 
 from __future__ import annotations
 
-import sys
-import time
-from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gradmanifold.cli.app import app, handle_errors, write_out
+from gradmanifold.cli.options import (  # re-exported: commands that import them from here keep working
+    BurnInOpt,
+    ByModuleOpt,
+    EmaGridOpt,
+    EpsOpt,
+    GroupsOpt,
+    PredictorsOpt,
+    SketchRankOpt,
+    SkipCorruptOpt,
+    StartOpt,
+    StopOpt,
+    SvdOpt,
+    WindowOpt,
+    analysis_options,
+)
+from gradmanifold.cli.progress import ProgressBar
+from gradmanifold.cli.sweep import ConnectTimeoutOpt, SchedulerOpt, SegmentsOpt, WorkersOpt
 
-# Options shared with `check` (its thresholds address the JSON of an analysis run with these options).
-PredictorsOpt = Annotated[
-    list[str] | None,
+if TYPE_CHECKING:
+    from gradmanifold.report.order import SortKey
+
+__all__ = [
+    "BurnInOpt",
+    "ByModuleOpt",
+    "EmaGridOpt",
+    "EpsOpt",
+    "GroupsOpt",
+    "PredictorsOpt",
+    "ProgressBar",
+    "SketchRankOpt",
+    "SkipCorruptOpt",
+    "StartOpt",
+    "StopOpt",
+    "SvdOpt",
+    "WindowOpt",
+    "analysis_options",
+    "analyze",
+]
+
+SortOpt = Annotated[
+    str | None,
     typer.Option(
-        "--predictors",
-        "-p",
-        help="Predictors, comma-separated or repeated: zero, last, trend, ema:<beta>. "
-        "Default: zero,last,ema:0.9,ema:0.99,trend.",
+        "--sort",
+        metavar="KEY",
+        help="Order of the table rows after the model: store, name, kappa (best kappa, least predictable "
+        "first), kappa:<predictor>, r_star:<eps>, pr. Default: store, or kappa with --top.",
         show_default=False,
     ),
 ]
-EmaGridOpt = Annotated[
-    list[str] | None,
+TopOpt = Annotated[
+    int | None,
     typer.Option(
-        "--ema-grid",
-        help="EMA betas searched for the best one, comma-separated. "
-        "Default: 0.5,0.8,0.9,0.95,0.98,0.99,0.995,0.999.",
+        "--top",
+        metavar="N",
+        help="Show only the first N scopes after the model in the tables: the N least predictable (highest "
+        "best kappa) unless --sort says otherwise. --json always has every scope.",
         show_default=False,
     ),
 ]
-EpsOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--eps",
-        help="Energy left out by r*(eps), each in (0, 1). Default: 0.5,0.1,0.05,0.01.",
-        show_default=False,
-    ),
-]
-WindowOpt = Annotated[
-    int | None, typer.Option("--window", "-w", help="Also report kappa and r* per window of W steps.")
-]
-SvdOpt = Annotated[
-    str, typer.Option("--svd", help="Increment spectrum: exact (float64 Gram), randomized (sketch) or auto.")
-]
-SketchRankOpt = Annotated[int, typer.Option("--sketch-rank", help="Rank of the randomized sketch.")]
-StartOpt = Annotated[int | None, typer.Option("--start", help="First training step analyzed (inclusive).")]
-StopOpt = Annotated[int | None, typer.Option("--stop", help="End of the analyzed steps (exclusive).")]
-GroupsOpt = Annotated[
-    list[str] | None,
-    typer.Option("--groups", "-g", help="Groups to analyze, comma-separated; the model total sums them."),
-]
-BurnInOpt = Annotated[
-    int, typer.Option("--burn-in", help="Leave the first N steps out of both sums of kappa.")
-]
-SkipCorruptOpt = Annotated[
-    bool,
-    typer.Option(
-        "--skip-corrupt",
-        help="Leave damaged chunks out (their rows count as missing, listed in the warnings) instead of "
-        "failing with exit 3; `gradmanifold verify` lists them.",
-    ),
-]
-
-
-def analysis_options(
-    predictors: list[str] | None,
-    ema_grid: list[str] | None,
-    eps: list[str] | None,
-    window: int | None,
-    svd: str,
-    sketch_rank: int,
-    start: int | None,
-    stop: int | None,
-    groups: list[str] | None,
-    burn_in: int,
-    skip_corrupt: bool = False,
-) -> dict[str, Any]:
-    """Keyword options for `analyze` from the command line (values are validated by the library)."""
-    opts: dict[str, Any] = {
-        "skip_corrupt": skip_corrupt,
-        "window": window,
-        "svd": svd,
-        "sketch_rank": sketch_rank,
-        "start_step": start,
-        "stop_step": stop,
-        "burn_in": burn_in,
-    }
-    if predictors:
-        opts["predictors"] = tuple(predictors)
-    if ema_grid:
-        from gradmanifold.predictors import parse_ema_grid
-
-        opts["ema_grid"] = parse_ema_grid(ema_grid)
-    if eps:
-        opts["eps"] = tuple(_split(eps))
-    if groups:
-        opts["groups"] = tuple(_split(groups))
-    return opts
-
-
-def _split(items: list[str]) -> list[str]:
-    return [p.strip() for item in items for p in item.split(",") if p.strip()]
-
-
-class ProgressBar:
-    """A progress bar on stderr that appears once a run has taken a second (only on a terminal)."""
-
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
-        self.t0 = time.monotonic()
-        self.bar: Any = None
-        self.task: Any = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            if time.monotonic() - self.t0 < 1.0 or done >= total:
-                return
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("analyzing"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} steps"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("analyze", total=total)
-        self.bar.update(self.task, completed=done)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
 
 
 @app.command()
 @handle_errors
 def analyze(
-    path: Annotated[Path, typer.Argument(help="A store written by gradmanifold record or Recorder.")],
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Stores written by gradmanifold record or Recorder (paths or URLs); several: a sweep table.",
+            show_default=False,
+        ),
+    ],
     predictors: PredictorsOpt = None,
     ema_grid: EmaGridOpt = None,
     eps: EpsOpt = None,
@@ -156,6 +89,13 @@ def analyze(
     groups: GroupsOpt = None,
     burn_in: BurnInOpt = 0,
     skip_corrupt: SkipCorruptOpt = False,
+    by_module: ByModuleOpt = None,
+    sort: SortOpt = None,
+    top: TopOpt = None,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
+    segments: SegmentsOpt = 1,
+    connect_timeout: ConnectTimeoutOpt = None,
     json: Annotated[
         bool, typer.Option("--json", help="Print the versioned JSON (docs/JSON.md) on stdout.")
     ] = False,
@@ -164,18 +104,69 @@ def analyze(
     from gradmanifold.analysis import analyze as run_analysis
 
     opts = analysis_options(
-        predictors, ema_grid, eps, window, svd, sketch_rank, start, stop, groups, burn_in, skip_corrupt
+        predictors,
+        ema_grid,
+        eps,
+        window,
+        svd,
+        sketch_rank,
+        start,
+        stop,
+        groups,
+        burn_in,
+        skip_corrupt,
+        by_module,
     )
-    progress = ProgressBar()
-    try:
-        result = run_analysis(path, progress=progress, **opts)
-    finally:
-        progress.close()
+    order = _table_order(sort, top, json, opts)
+    opts["segments"] = segments
+    if len(paths) > 1 or workers is not None or scheduler is not None or connect_timeout is not None:
+        if len(paths) > 1 and (sort is not None or top is not None):
+            from gradmanifold.errors import UsageError
+
+            raise UsageError("--sort and --top order one run's tables; a sweep has one row per run")
+        from gradmanifold.cli.sweep import run_stores
+
+        one = run_stores(paths, opts, json, workers, scheduler, connect_timeout)
+        if one is None:  # a sweep: printed
+            return
+        result = one
+    else:
+        with ProgressBar("analyzing") as progress:
+            result = run_analysis(paths[0], progress=progress, **opts)
     if json:
         from gradmanifold.report.json import render
 
         write_out(render(result))
     else:
+        from gradmanifold.report.console import output_width
         from gradmanifold.report.console import render as render_text
 
-        write_out(render_text(result))
+        write_out(render_text(result, width=output_width(), sort=order, top=top))
+
+
+def _table_order(sort: str | None, top: int | None, json: bool, opts: dict[str, Any]) -> SortKey | None:
+    """The parsed --sort key, checked before the analysis runs (UsageError: a bad key, a predictor or eps the
+    analysis will not report, --top below 1, or either with --json)."""
+    from gradmanifold.errors import UsageError
+    from gradmanifold.report.order import check_sort, check_top, parse_sort
+
+    if json and (sort is not None or top is not None):
+        raise UsageError("--sort and --top choose the rows of the tables; --json always holds every scope")
+    check_top(top)
+    if sort is None:
+        return None
+    key = parse_sort(sort)
+    from gradmanifold.analysis import DEFAULT_EPS
+    from gradmanifold.predictors import DEFAULT_PREDICTORS, parse_predictors
+
+    predictors = [p.id for p in parse_predictors(opts.get("predictors") or DEFAULT_PREDICTORS)]
+    check_sort(key, predictors, [float(e) for e in opts.get("eps") or DEFAULT_EPS if _is_number(e)])
+    return key
+
+
+def _is_number(text: object) -> bool:
+    try:
+        float(str(text))
+    except ValueError:
+        return False
+    return True

@@ -7,12 +7,14 @@ usage errors or unreadable input.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gradmanifold.cli.analyze import (
+from gradmanifold.cli.app import app, handle_errors, write_out
+from gradmanifold.cli.options import (
     BurnInOpt,
+    ByModuleOpt,
     EmaGridOpt,
     EpsOpt,
     GroupsOpt,
@@ -25,15 +27,23 @@ from gradmanifold.cli.analyze import (
     WindowOpt,
     analysis_options,
 )
-from gradmanifold.cli.app import app, handle_errors, write_out
 from gradmanifold.cli.spectrum import LayersOpt, TopOpt
 from gradmanifold.errors import EXIT_CHECK_FAILED
+
+if TYPE_CHECKING:
+    from gradmanifold.report.checks import Baseline
 
 
 @app.command()
 @handle_errors
 def check(
-    path: Annotated[Path, typer.Argument(help="A store written by gradmanifold record or Recorder.")],
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Stores written by gradmanifold record or Recorder; several: a sweep (paths NAME.PATH=N).",
+            show_default=False,
+        ),
+    ],
     max_: Annotated[
         list[str] | None,
         typer.Option("--max", help="PATH=NUMBER: fail when the value at PATH exceeds NUMBER (repeatable)."),
@@ -54,6 +64,7 @@ def check(
     groups: GroupsOpt = None,
     burn_in: BurnInOpt = 0,
     skip_corrupt: SkipCorruptOpt = False,
+    by_module: ByModuleOpt = None,
     spectrum: Annotated[
         bool,
         typer.Option(
@@ -62,11 +73,39 @@ def check(
     ] = False,
     top: TopOpt = None,
     layers: LayersOpt = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            "--baseline",
+            help="A saved `analyze --json` of a reference run: fail when a kappa or r*(eps) moved by more "
+            "than --rtol relative (predictors, eps, groups default to the baseline's).",
+        ),
+    ] = None,
+    rtol: Annotated[
+        float | None, typer.Option("--rtol", help="Relative tolerance of --baseline (default 0.1).")
+    ] = None,
+    scope: Annotated[
+        str | None,
+        typer.Option("--scope", help="Scopes checked against --baseline: model (default), all, or names."),
+    ] = None,
 ) -> None:
     """Check analysis results against bounds: --max model.kappa.ema:0.9=1.2 --max model.rank.r_star.0.1=64."""
-    from gradmanifold.report.checks import evaluate, parse_bounds
+    from gradmanifold.report.checks import Drift, Outcome, against_baseline, evaluate, parse_bounds
 
-    bounds = parse_bounds(max_ or [], min_ or [])
+    base = _baseline(baseline, rtol, scope, spectrum)
+    bounds = parse_bounds(max_ or [], min_ or [], required=base is None)
+    if len(paths) > 1:  # a sweep: paths start with a run's name or index
+        from gradmanifold.cli.sweep import check_sweep
+        from gradmanifold.errors import UsageError
+
+        if spectrum or base is not None:
+            raise UsageError("--spectrum and --baseline check one store; give one path")
+        opts = analysis_options(
+            predictors, ema_grid, eps, window, svd, sketch_rank, start, stop, groups, burn_in, skip_corrupt,
+            by_module,
+        )  # fmt: skip
+        return check_sweep(paths, opts, bounds, quiet)
+    path = paths[0]
     if spectrum:
         from gradmanifold.layerspectra import layer_spectra
         from gradmanifold.report.spectra import to_dict as spectrum_dict
@@ -76,11 +115,16 @@ def check(
         from gradmanifold.analysis import analyze as run_analysis
         from gradmanifold.report.json import to_dict
 
+        if base is not None:  # measure the run as the baseline was measured unless told otherwise
+            like = base.analysis_options()
+            predictors, eps = predictors or like.get("predictors"), eps or like.get("eps")
+            groups = groups or like.get("groups")
         opts = analysis_options(
-            predictors, ema_grid, eps, window, svd, sketch_rank, start, stop, groups, burn_in, skip_corrupt
-        )
+            predictors, ema_grid, eps, window, svd, sketch_rank, start, stop, groups, burn_in, skip_corrupt,
+            by_module,
+        )  # fmt: skip
         doc = to_dict(run_analysis(path, **opts))
-    outcomes = evaluate(doc, bounds)
+    outcomes: list[Outcome | Drift] = [*evaluate(doc, bounds), *(against_baseline(doc, base) if base else [])]
     failed = [o for o in outcomes if not o.ok]
     for o in outcomes:
         if not o.ok or not quiet:
@@ -90,3 +134,18 @@ def check(
         raise typer.Exit(EXIT_CHECK_FAILED)
     if not quiet:
         write_out(f"all {len(outcomes)} checks hold\n")
+
+
+def _baseline(path: Path | None, rtol: float | None, scope: str | None, spectrum: bool) -> Baseline | None:
+    """The loaded --baseline, or None; UsageError for --rtol/--scope without it or with --spectrum."""
+    from gradmanifold.errors import UsageError
+    from gradmanifold.report.checks import load_baseline
+
+    if path is None:
+        given = [o for o, v in (("--rtol", rtol), ("--scope", scope)) if v is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)} need --baseline BASE.json (a saved `analyze --json`)")
+        return None
+    if spectrum:
+        raise UsageError("--baseline compares analysis JSON; it does not work with --spectrum")
+    return load_baseline(path, rtol, scope)

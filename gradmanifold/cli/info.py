@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,20 +12,23 @@ from gradmanifold.cli.app import app, handle_errors, write_out
 @app.command()
 @handle_errors
 def info(
-    path: Annotated[Path, typer.Argument(help="A store written by gradmanifold record or Recorder.")],
+    path: Annotated[
+        str, typer.Argument(help="A store written by gradmanifold record or Recorder: a folder or a URL.")
+    ],
     json: Annotated[
         bool, typer.Option("--json", help="Print the store description as JSON on stdout.")
     ] = False,
 ) -> None:
     """Describe a store: steps, k, projection, groups, size on disk, chunking, segments, flagged rows."""
+    from gradmanifold.report.results import InfoResult
     from gradmanifold.store import open_store
 
-    description = open_store(path).info()
+    description = InfoResult.from_dict(open_store(path).info())
     if json:
-        from gradmanifold.report.json import render_info
+        from gradmanifold.report.json import dumps
 
-        write_out(render_info(description))
+        write_out(dumps(description.to_dict()))  # schema gradmanifold.info/1 (docs/JSON.md)
     else:
-        from gradmanifold.report.console import render_info as render_text
+        from gradmanifold.report.console import output_width, render_info
 
-        write_out(render_text(description))
+        write_out(render_info(description, width=output_width()))

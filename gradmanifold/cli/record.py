@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json as jsonlib
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from gradmanifold.cli.app import app, fail, handle_errors, write_out
+from gradmanifold.cli.progress import ProgressBar
 
 _MODES = "one of: -- COMMAND ARGS (wrap a training job), --from DIR_OR_GLOB (dumps), --synthetic NAME"
 
@@ -124,7 +123,7 @@ def record(
         if not result.stores:
             print("gradmanifold: no optimizer step was recorded (no store written)", file=sys.stderr)
         raise typer.Exit(result.exit_code)
-    progress = _Progress("recording")
+    progress = ProgressBar("recording")
     try:
         if synthetic is not None:
             summary = _synthetic(synthetic, steps, dim, seed, param or [], opts, progress)
@@ -146,10 +145,15 @@ def record(
                 summary = ingest(source, opts, delete_ingested=delete_ingested, progress=progress).to_dict()
     finally:
         progress.close()
+    from gradmanifold.report.results import RecordSummary
+
+    typed = RecordSummary.from_dict(summary)
     if json:
-        write_out(jsonlib.dumps(summary, indent=1, sort_keys=True) + "\n")
+        from gradmanifold.report.json import dumps
+
+        write_out(dumps(typed.to_dict()))  # schema gradmanifold.record/1 (docs/JSON.md)
     else:
-        write_out(_render(summary))
+        write_out(_render(typed.to_dict()))
 
 
 def _synthetic(
@@ -200,40 +204,3 @@ def _render(summary: dict[str, Any]) -> str:
             lim = truth["rank_limit"].get(eps)
             lines.append(f"  r*({eps}) {r}" + (f"   (T >> d: {lim})" if lim is not None else ""))
     return "\n".join(lines) + "\n"
-
-
-class _Progress:
-    """A progress bar on stderr, shown on a terminal once work has taken a second; total may be unknown."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.enabled = sys.stderr.isatty()
-        self.t0 = time.monotonic()
-        self.bar: Any = None
-        self.task: Any = None
-
-    def __call__(self, done: int, total: int | None) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            if time.monotonic() - self.t0 < 1.0 or (total is not None and done >= total):
-                return
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(
-                TextColumn(self.label),
-                BarColumn(),
-                TextColumn("{task.completed} steps"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(self.label, total=total)
-        self.bar.update(self.task, completed=done, total=total)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None

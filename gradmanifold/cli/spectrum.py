@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -23,7 +22,7 @@ LayersOpt = Annotated[
 @app.command()
 @handle_errors
 def spectrum(
-    path: Annotated[Path, typer.Argument(help="A store recorded with --spectra-every N.")],
+    path: Annotated[str, typer.Argument(help="A store recorded with --spectra-every N: a folder or a URL.")],
     top: TopOpt = None,
     layers: LayersOpt = None,
     per_step: Annotated[

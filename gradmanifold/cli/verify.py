@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json as jsonlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,8 +9,11 @@ import typer
 
 from gradmanifold.cli.app import app, fail, handle_errors, write_out
 from gradmanifold.errors import EXIT_CORRUPT
+from gradmanifold.report.results import REPAIR_SCHEMA, VERIFY_SCHEMA
 
-PathArg = Annotated[Path, typer.Argument(help="A store written by gradmanifold record or Recorder.")]
+PathArg = Annotated[
+    str, typer.Argument(help="A store written by gradmanifold record or Recorder: a folder or a URL.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
 
 
@@ -20,20 +22,27 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as JSON 
 def verify(path: PathArg, json: JsonOpt = False) -> None:
     """Check a store: manifest, array metadata, every chunk's checksum, steps, flags; list every bad chunk.
 
-    Exit code 0 when the store is sound, 3 when anything is damaged.
+    Exit code 0 when the store is sound, 3 when anything is damaged. A store at a URL is read, never listed:
+    its committed chunks are checked, leftovers and the lock are not looked for.
     """
+    from gradmanifold.store.location import url_scheme
     from gradmanifold.store.verify import verify_store
 
     report = verify_store(path)
     if json:
-        write_out(jsonlib.dumps(report.to_dict(), indent=1, sort_keys=True) + "\n")
+        write_out(_json(VERIFY_SCHEMA, report.to_dict()))
     else:
         write_out(_render_verify(report.to_dict()))
     if not report.ok:
         bad = report.bad_chunks
         what = f"{len(bad)} damaged chunk(s)" if bad else f"{len(report.problems)} problem(s)"
+        fix = (
+            "a store at a URL is read-only: copy it to a local folder to repair it"
+            if url_scheme(path) not in (None, "file")
+            else f"`gradmanifold repair {path}` drops a damaged tail"
+        )
         raise fail(
-            f"{path}: {what} (listed above); `gradmanifold repair {path}` drops a damaged tail, "
+            f"{path}: {what} (listed above); {fix}, "
             "`gradmanifold analyze --skip-corrupt` reads around the damage",
             EXIT_CORRUPT,
         )
@@ -66,15 +75,27 @@ def repair(
 
     Never touches committed chunks before the cut; refuses while a live writer holds the store.
     """
+    from gradmanifold.store.location import require_local
     from gradmanifold.store.repair import repair_store
 
+    root = require_local(
+        path, "repairing a store at a URL", "copy it to a local folder, repair that and publish it again"
+    )
     result = repair_store(
-        path, dry_run=dry_run, backup_dir=backup, break_lock=break_lock, drop_sound_tail=drop_sound_tail
+        root, dry_run=dry_run, backup_dir=backup, break_lock=break_lock, drop_sound_tail=drop_sound_tail
     )
     if json:
-        write_out(jsonlib.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n")
+        write_out(_json(REPAIR_SCHEMA, result.to_dict()))
     else:
         write_out(_render_repair(result.to_dict()))
+
+
+def _json(schema: str, body: dict[str, Any]) -> str:
+    """The versioned JSON of a report (docs/JSON.md): its keys with the schema's id added."""
+    from gradmanifold.report.json import dumps
+    from gradmanifold.report.results import document
+
+    return dumps(document(schema, body))
 
 
 def _render_verify(r: dict[str, Any]) -> str:

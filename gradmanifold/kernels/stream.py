@@ -18,6 +18,7 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,12 +35,17 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class WindowStats:
-    """One scope's numbers for one closed window: counted rows, error sum per predictor, spectrum."""
+    """One scope's numbers for one closed window: counted rows, error sum per predictor, spectrum.
+
+    A window that began before the rows this lane saw (an analysis split into time segments) is kept `raw`:
+    its accumulator instead of its eigenvalues, to be added to the other part's and decomposed after.
+    """
 
     n_steps: int
     sums: np.ndarray  # float64 [P]
-    eigs: np.ndarray | None  # None when the window holds no increments
+    eigs: np.ndarray | None  # None when the window holds no increments (or is raw)
     total: float
+    raw: Accumulator | None = None
 
 
 class Lane:
@@ -89,6 +95,7 @@ class Lane:
         subs = levels[:-1] if method != "exact" else ()
         self.sub: list[dict[int, Accumulator]] = [{kk: make(kk) for kk in subs} for _ in range(n)]
         self.windows: list[list[WindowStats]] = []
+        self.raw_closes = 0  # the next reported closes keep the window's accumulator (see WindowStats)
 
     def feed(
         self,
@@ -142,13 +149,9 @@ class Lane:
         """Fold the open window into the totals (after recording its stats when `report`)."""
         self.flush()
         if report:
-            stats = []
-            wsum = self.wacc.sum(axis=2)
-            for i in range(len(self.ids)):
-                w = self.win[i]
-                eigs = w.eigenvalues() if w.n_rows else None
-                stats.append(WindowStats(int(self.wcount[i]), wsum[i].copy(), eigs, w.frobenius_sq))
-            self.windows.append(stats)
+            raw = self.raw_closes > 0
+            self.raw_closes -= raw
+            self.windows.append(self.open_window(raw))
         if self.win is not self.main:
             for i in range(len(self.ids)):
                 self.main[i] += self.win[i]  # type: ignore[operator]
@@ -158,6 +161,23 @@ class Lane:
         self.wacc[:] = 0.0
         self.wcount[:] = 0
         self.buffered = 0
+
+    def open_window(self, raw: bool) -> list[WindowStats]:
+        """The open window's stats per scope (flushed first): eigenvalues, or with `raw` a copy of the
+        accumulator (a window cut by a time segment: its parts are added before the eigenvalues)."""
+        self.flush()
+        stats = []
+        wsum = self.wacc.sum(axis=2)
+        for i in range(len(self.ids)):
+            w = self.win[i]
+            if raw:
+                stats.append(
+                    WindowStats(int(self.wcount[i]), wsum[i].copy(), None, w.frobenius_sq, deepcopy(w))
+                )
+            else:
+                eigs = w.eigenvalues() if w.n_rows else None
+                stats.append(WindowStats(int(self.wcount[i]), wsum[i].copy(), eigs, w.frobenius_sq))
+        return stats
 
 
 def split_scopes(costs: Sequence[float], n_lanes: int) -> list[list[int]]:

@@ -47,6 +47,7 @@ class RunConfig:
     first_step: int  # first counted step (after burn-in)
     last_step: int
     n_rows: int  # rows in the step range, burn-in included
+    modules: int | None = None  # --by-module depth: the scopes after the model are modules (None: groups)
 
 
 @dataclass(frozen=True)

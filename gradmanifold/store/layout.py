@@ -10,6 +10,7 @@ from typing import Any
 import google_crc32c
 import numpy as np
 import zarr
+from zarr.abc.store import Store
 from zarr.storage import LocalStore
 
 from gradmanifold.store.lock import LOCK_NAME
@@ -174,14 +175,28 @@ def create_arrays(
         )
 
 
-def open_group(root: Path) -> zarr.Group:
+def zarr_store(root: Path | Store, writable: bool = False) -> Store:
+    """The zarr store of a store folder (a LocalStore), or `root` itself: a remote location's read-only store.
+
+    root: the folder, or a zarr Store (store.location.RemoteLocation.zarr_root); writable: open for writing
+    (a folder only).
+    """
+    if isinstance(root, Path):
+        return LocalStore(root, read_only=not writable)
+    if writable or not root.read_only:
+        raise ValueError(f"{root!r}: only a local folder is opened for writing")
+    return root
+
+
+def open_group(root: Path | Store) -> zarr.Group:
     """Open the store's zarr group read-only (checks the group metadata)."""
-    return zarr.open_group(store=LocalStore(root, read_only=True), mode="r", zarr_format=3)
+    return zarr.open_group(store=zarr_store(root), mode="r", zarr_format=3)
 
 
-def open_arrays(root: Path, names: tuple[str, ...], writable: bool) -> dict[str, zarr.Array]:
-    """Open the named arrays of the store at root, each on its own (damage to one spares the others)."""
-    store = LocalStore(root, read_only=not writable)
+def open_arrays(root: Path | Store, names: tuple[str, ...], writable: bool) -> dict[str, zarr.Array]:
+    """Open the named arrays of the store at root (a folder, or a remote location's read-only zarr store),
+    each on its own (damage to one spares the others)."""
+    store = zarr_store(root, writable)
     out: dict[str, zarr.Array] = {}
     for name in names:
         arr = zarr.open_array(store=store, path=name, mode="r+" if writable else "r", zarr_format=3)

@@ -512,6 +512,11 @@ def read_manifest(root: Path) -> Manifest:
         ) from None
     except OSError as exc:
         raise CorruptStoreError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+    return parse_manifest(data, str(path))
+
+
+def parse_manifest(data: bytes, path: str) -> Manifest:
+    """Decode and validate the bytes of a manifest; `path` names where they came from (a file or a URL)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -523,7 +528,7 @@ def read_manifest(root: Path) -> Manifest:
             f"{path}: manifest is not valid JSON ({exc.__class__.__name__}); {DAMAGED_MANIFEST_FIX}"
         ) from None
     try:
-        return Manifest.from_dict(raw, where=str(path))
+        return Manifest.from_dict(raw, where=path)
     except CorruptStoreError as exc:
         raise CorruptStoreError(f"{exc}; {DAMAGED_MANIFEST_FIX}") from None
 

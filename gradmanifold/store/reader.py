@@ -8,9 +8,11 @@ has since replaced the rows (a rewind of a resumed job, a repair), that is a Sto
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,7 @@ from gradmanifold.errors import (
     ChunkDamagedError,
     CorruptStoreError,
     GradManifoldError,
-    NotAStoreError,
     StoreChangedError,
-    StoreNotFoundError,
     UsageError,
 )
 from gradmanifold.projection import ProjectionSpec
@@ -34,15 +34,17 @@ from gradmanifold.store.layout import (
     TABLE_BY_NAME,
     array_issues,
     checksum,
-    chunk_file,
     open_arrays,
 )
+from gradmanifold.store.location import LocalLocation, StoreLocation, locate
 from gradmanifold.store.lock import read_holder
-from gradmanifold.store.manifest import MANIFEST_NAME, Manifest, TableState, probe, read_manifest
+from gradmanifold.store.manifest import MANIFEST_NAME, Manifest, TableState
 
 # Re-reads of a chunk whose checksum fails, each after re-reading the manifest (seconds to wait before each).
 # Chunk files and the manifest are replaced by atomic renames, so one re-read settles it on a local disk.
 RETRY_DELAYS = (0.0,)
+#: chunks a reader of a remote store fetches ahead, each on its own thread (their round trips overlap)
+REMOTE_READ_AHEAD = 4
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,9 @@ class ExcludedChunk:
 def open_store(path: str | os.PathLike[str]) -> StoreReader:
     """Open a store for reading.
 
-    Raises StoreNotFoundError, NotAStoreError, SchemaVersionError (exit code 2) or CorruptStoreError (3).
+    path: a store folder, or the URL of one (http(s)://, s3://, gs://, memory://: read-only, docs/REMOTE.md).
+    Raises StoreNotFoundError, NotAStoreError, SchemaVersionError, UsageError (exit code 2) or
+    CorruptStoreError (3).
     """
     return StoreReader(path)
 
@@ -79,22 +83,16 @@ class StoreReader:
     """Read-only view of the rows committed when the store was opened (a ChunkSource)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        root = Path(path)
-        state = probe(root)
-        if not state.exists:
-            raise StoreNotFoundError(f"{root} does not exist; record a run first (gradmanifold record)")
-        if not state.has_manifest:
-            raise NotAStoreError(
-                f"{root} is not a gradmanifold store (no {MANIFEST_NAME}); "
-                "point at a folder written by gradmanifold record or Recorder"
-            )
-        self.path = root
-        self.manifest: Manifest = read_manifest(root)
+        #: where the store lives: a local folder or a URL (store.location)
+        self.location: StoreLocation = locate(path)
+        #: what messages name: the folder (a Path) or the URL (a str)
+        self.path: Path | str = self.location.path
+        self.manifest: Manifest = self.location.open_manifest()
         try:
             self.spec = ProjectionSpec.from_dict(self.manifest.projection)
         except UsageError as exc:
             raise CorruptStoreError(
-                f"{root / MANIFEST_NAME}: the projection spec is invalid ({exc})"
+                f"{os.path.join(self.path, MANIFEST_NAME)}: the projection spec is invalid ({exc})"
             ) from None
         self._arrays: dict[str, Any] = {}
         self._steps: np.ndarray | None = None
@@ -189,10 +187,7 @@ class StoreReader:
             return None
         for i in range(m.n_chunks):
             lo, hi = i * c, min((i + 1) * c, m.n_rows)
-            if (
-                not chunk_file(self.path, "step", i).is_file()
-                or checksum(data[lo:hi]) != m.checksums["step"][i]
-            ):
+            if self.location.known_missing("step", i) or checksum(data[lo:hi]) != m.checksums["step"][i]:
                 return None
         return data
 
@@ -279,9 +274,12 @@ class StoreReader:
         for chunk in self._iter_raw(0, self.n_steps, ("flags",)):
             flagged += ((chunk.flags & FLAG_NONFINITE) != 0).sum(axis=0)
             skipped += ((chunk.flags & FLAG_SKIPPED) != 0).sum(axis=0)
-        size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        # A remote store is never listed (its size is unknown) and its lock is not read.
+        loc = self.location
+        local = loc.root if isinstance(loc, LocalLocation) else None
+        size = None if local is None else sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
         steps = self.steps()
-        holder = read_holder(self.path)
+        holder = None if local is None else read_holder(local)
         return {
             "path": str(self.path),
             "schema_version": m.schema_version,
@@ -315,12 +313,15 @@ class StoreReader:
         arr = self._arrays.get(name)
         if arr is None:
             try:
-                arr = open_arrays(self.path, (name,), writable=False)[name]
+                arr = open_arrays(self.location.zarr_root(), (name,), writable=False)[name]
             except Exception as exc:
-                raise CorruptStoreError(
-                    f"{self.path}: array {name!r} cannot be opened ({type(exc).__name__}: {_brief(exc)}); "
-                    "its metadata (zarr.json) is damaged or missing; `gradmanifold repair` rebuilds it"
-                ) from None
+                fix = (
+                    "its metadata (zarr.json) is missing or unreadable at the server"
+                    if self.location.remote
+                    else "its metadata (zarr.json) is damaged or missing; `gradmanifold repair` rebuilds it"
+                )
+                why = f"({type(exc).__name__}: {_brief(exc)}); {fix}"
+                raise CorruptStoreError(f"{self.path}: array {name!r} cannot be opened {why}") from None
             t = self.manifest.table(ARRAY_BY_NAME[name].table)
             issues = array_issues(arr, name, t.dims, t.chunk_rows, t.n_rows)
             if issues:
@@ -336,10 +337,12 @@ class StoreReader:
     ) -> tuple[np.ndarray | None, str]:
         """Rows [lo, hi) of array `name` and "" when their checksum is `want`, else (None or data, why)."""
         arr = self._array(name)
-        if not chunk_file(self.path, name, index).is_file():
+        if self.location.known_missing(name, index):
             return None, "missing"  # the writer writes a file for every chunk, even an all-zero one
         try:
             data = np.asarray(arr[lo:hi])
+        except FileNotFoundError:  # a remote store's missing chunk (store.location.RemoteLocation)
+            return None, "missing"
         except Exception as exc:  # a truncated or overlong chunk file fails to decode
             return None, self._unreadable(arr, name, index, exc)
         if data.shape[0] != hi - lo:
@@ -350,12 +353,8 @@ class StoreReader:
 
     def _unreadable(self, arr: Any, name: str, index: int, exc: Exception) -> str:
         """Why a chunk does not decode: a file of the wrong size (truncated, overlong), or what zarr says."""
-        path = chunk_file(self.path, name, index)
         want = int(np.prod(arr.chunks)) * arr.dtype.itemsize
-        try:
-            size = path.stat().st_size
-        except OSError:
-            size = None
+        size = self.location.chunk_size(name, index)
         if size is not None and size != want:
             cut = "truncated" if size < want else "overlong"
             return f"{cut} ({size} bytes, an uncompressed chunk has {want})"
@@ -369,7 +368,7 @@ class StoreReader:
             if delay:
                 time.sleep(delay)
             try:
-                fresh = read_manifest(self.path)
+                fresh = self.location.read_manifest()
             except GradManifoldError:
                 fresh = mine  # judge by our own commit
             # replaced_from counts main rows; any replacement of another table's rows changed it
@@ -414,9 +413,13 @@ class StoreReader:
         lo, hi = index * c, min((index + 1) * c, t.n_rows)
         se = self._steps_of(index, table)
         steps = f", steps {se[0]}..{se[1]}" if se else ", steps unknown: its step chunk is damaged too"
+        fix = "run `gradmanifold verify` to list every bad chunk" + (
+            " (a store at a URL is read-only: repair a local copy)"
+            if self.location.remote
+            else ", `gradmanifold repair` to drop a damaged tail"
+        )
         return ChunkDamagedError(
-            f"{self.path}: chunk {index} of '{name}' (rows {lo}..{hi - 1}{steps}) is damaged ({why}); "
-            "run `gradmanifold verify` to list every bad chunk, `gradmanifold repair` to drop a damaged tail",
+            f"{self.path}: chunk {index} of '{name}' (rows {lo}..{hi - 1}{steps}) is damaged ({why}); {fix}",
             chunk=index,
             array=name,
             rows=(lo, hi),
@@ -432,9 +435,10 @@ class StoreReader:
         excluded: list[ExcludedChunk] | None = None,
     ) -> Iterator[Chunk]:
         c = self.chunk_rows
-        for index in range(start // c, -(-stop // c)):
+        indices = range(start // c, -(-stop // c))
+        for index, fetched in zip(indices, self._read_ahead(indices, names), strict=True):
             try:
-                data = self.read_chunk(index, names)
+                data = fetched()
             except ChunkDamagedError as exc:
                 if excluded is None:
                     raise
@@ -466,6 +470,36 @@ class StoreReader:
                 update=data["update"][a:b] if "update" in data else None,
                 update_sqnorm=data["update_sqnorm"][a:b] if "update_sqnorm" in data else None,
             )
+
+    def _read_ahead(
+        self, indices: range, names: Sequence[str]
+    ) -> Iterator[Callable[[], dict[str, np.ndarray]]]:
+        """For each chunk index, a call that returns its verified rows (read_chunk) or raises.
+
+        A local store is read chunk by chunk as asked. A remote one has up to REMOTE_READ_AHEAD chunks in
+        flight on worker threads, so that the round trips of its requests overlap (docs/REMOTE.md).
+        """
+        if not self.location.remote or len(indices) < 2:
+            for index in indices:
+                yield functools.partial(self.read_chunk, index, names)
+            return
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(REMOTE_READ_AHEAD, thread_name_prefix="gradmanifold-read")
+        try:
+            ahead: deque[Future[dict[str, np.ndarray]]] = deque()
+            todo = iter(indices)
+            for index in todo:
+                ahead.append(pool.submit(self.read_chunk, index, names))
+                if len(ahead) >= REMOTE_READ_AHEAD:
+                    break
+            while ahead:
+                yield ahead.popleft().result
+                for index in todo:
+                    ahead.append(pool.submit(self.read_chunk, index, names))
+                    break
+        finally:  # the consumer stopped (or failed): drop what was not started, wait for what was
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _brief(exc: BaseException) -> str:

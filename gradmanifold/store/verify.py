@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,9 +25,13 @@ from gradmanifold.store.layout import (
     open_arrays,
     open_group,
 )
+from gradmanifold.store.location import LocalLocation
 from gradmanifold.store.lock import read_holder
 from gradmanifold.store.manifest import Manifest
 from gradmanifold.store.reader import ChunkDamagedError, StoreReader
+
+if TYPE_CHECKING:
+    from zarr.abc.store import Store
 
 KNOWN_FLAGS = int(FLAG_NONFINITE | FLAG_SKIPPED)
 
@@ -115,14 +119,17 @@ class VerifyReport:
 def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
     """Check everything a reader relies on; raises only when the manifest itself is unusable.
 
-    Manifest damage raises CorruptStoreError; a missing path, a non-store or a newer schema raise the
-    errors of open_store. Everything else is collected into the report.
+    path: a store folder or URL. Manifest damage raises CorruptStoreError; a missing path, a non-store or a
+    newer schema raise the errors of open_store. Everything else is collected into the report. A store at a
+    URL is never listed: only what the manifest names is checked (no temp files, uncommitted chunk files or
+    lock are looked for).
     """
     reader = StoreReader(path)
     m = reader.manifest
-    root = reader.path
+    loc = reader.location
+    root = loc.root if isinstance(loc, LocalLocation) else None
     problems: list[Problem] = []
-    damaged_meta = _check_metadata(root, m, problems)
+    damaged_meta = _check_metadata(loc.zarr_root(), m, problems)
     g = len(m.groups)
     nonfinite = np.zeros(g, np.int64)
     skipped = np.zeros(g, np.int64)
@@ -138,11 +145,11 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
                 skipped += ((flags & FLAG_SKIPPED) != 0).sum(axis=0)
             if i == 0 and chunk.get("step") is not None:
                 first = int(chunk["step"][0])
-    temp = [str(p.relative_to(root)) for p in leftover_temp_files(root)]
-    uncommitted = [str(p.relative_to(root)) for p in uncommitted_chunk_files(root, m)]
+    temp = [] if root is None else [str(p.relative_to(root)) for p in leftover_temp_files(root)]
+    uncommitted = [] if root is None else [str(p.relative_to(root)) for p in uncommitted_chunk_files(root, m)]
     notes = _notes(root, m, temp, uncommitted)
     return VerifyReport(
-        path=str(root),
+        path=str(reader.path),
         n_rows=m.n_rows,
         chunk_rows=m.chunk_rows,
         n_chunks=m.n_chunks,
@@ -234,14 +241,15 @@ def _files_from(root: Path, names: tuple[str, ...], first_free: int) -> list[Pat
 
 
 def _chunk_problem(
-    root: Path, name: str, i: int, lo: int, hi: int, se: tuple[int, int] | None, why: str
+    root: Path | str, name: str, i: int, lo: int, hi: int, se: tuple[int, int] | None, why: str
 ) -> Problem:
     steps = f", steps {se[0]}..{se[1]}" if se else ", steps unknown"
     return Problem(f"chunk {i} of {name!r} (rows {lo}..{hi - 1}{steps}): {why}", name, i, (lo, hi), se)
 
 
-def _check_metadata(root: Path, m: Manifest, problems: list[Problem]) -> list[str]:
-    """Open each array on its own; check dtype, chunk shape and that its shape covers the committed rows."""
+def _check_metadata(root: Path | Store, m: Manifest, problems: list[Problem]) -> list[str]:
+    """Open each array on its own (in the folder, or a remote location's zarr store); check dtype, chunk
+    shape and that its shape covers the committed rows."""
     damaged: list[str] = []
     try:
         open_group(root)
@@ -263,7 +271,13 @@ def _check_metadata(root: Path, m: Manifest, problems: list[Problem]) -> list[st
     return damaged
 
 
-def _notes(root: Path, m: Manifest, temp: list[str], uncommitted: list[str]) -> list[str]:
+def _notes(root: Path | None, m: Manifest, temp: list[str], uncommitted: list[str]) -> list[str]:
+    """Harmless findings; `root` is None for a store at a URL, whose folder and lock are not looked at."""
+    if root is None:
+        return [
+            "a store at a URL: the committed chunks were checked; temp files, uncommitted chunk files and "
+            "the writer lock were not looked for (that would list the folder)"
+        ]
     notes = []
     if temp:
         notes.append(f"{len(temp)} temp file(s) left by an interrupted writer (repair removes them)")

@@ -17,7 +17,6 @@ import shutil
 import socket
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -46,6 +45,7 @@ from gradmanifold.store.layout import (
     remove_partials,
     row_bytes,
 )
+from gradmanifold.store.location import require_local
 from gradmanifold.store.lock import WriterLock
 from gradmanifold.store.manifest import (
     MAX_CHUNK_ROWS,
@@ -85,7 +85,7 @@ class StoreWriter:
     ) -> None:
         if resume not in ("allow", "must", "never"):
             raise InputError(f"resume must be 'allow', 'must' or 'never', not {resume!r}")
-        self.root = Path(path)
+        self.root = require_local(path, "writing to a URL", "record to a local folder and copy it")
         self._fsync = fsync
         group_infos = tuple(GroupInfo(str(n), int(s)) for n, s in groups)
         if not group_infos:

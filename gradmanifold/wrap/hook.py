@@ -6,8 +6,10 @@ sys.meta_path that waits for `torch.optim.optimizer` to be imported, and once it
 torchrun launcher, a data tool) pays one string comparison per import.
 
 Recording (in the pre-hook: gradients are final, the update is not applied yet):
-- Only rank 0 records: a process with RANK (or, without it, LOCAL_RANK) other than 0 does not arm; at the
-  first step, an initialised torch.distributed with rank != 0 also turns recording off.
+- Rank 0 writes. Replicated gradients (DDP, one process): only rank 0 records; a rank other than 0 (RANK, or
+  LOCAL_RANK, or an initialised torch.distributed) records nothing. Sharded gradients (FSDP2 DTensors, FSDP1
+  flat parameters, tensor parallel): every rank projects its shard and joins one all-reduce per recorded
+  step, and rank 0 writes (gradmanifold.sharded, docs/SHARDED.md). Decided per optimizer at its first step.
 - One store per optimizer, in the order they first step: GRADMANIFOLD_RECORD_OUT for the first,
   `<stem>.opt1.zarr`, ... for the others. The row's step is the optimizer's own step count from 0.
 - Names by module path. At an optimizer's first step the hook walks the objects of the process
@@ -22,12 +24,13 @@ Recording (in the pre-hook: gradients are final, the update is not applied yet):
   through handlers installed at the first step (main thread only) that commit and then chain to the handler
   that was there before (the default action re-raised, KeyboardInterrupt for SIGINT). A signal that lands
   while a step is being recorded is handled right after that step.
-- Start-up: once torch.optim is imported, a background thread imports the recorder and the store and loads
-  the projection kernels, while the job builds its model and data, so the first step does not wait for them.
+- Start-up: once torch.optim is imported, a background thread (rank 0's) imports the recorder and the store
+  and loads the projection kernels, while the job builds its model and data, so the first step does not wait.
 - Forked children (DataLoader workers) inherit the hook and the handlers but record nothing and never commit
   or unlock the parent's store.
 - Never stops the job: an error while recording prints one line on stderr, commits what was recorded and
-  turns recording off for the rest of the run.
+  turns recording off for the rest of the run (for that optimizer only while a sharded optimizer records:
+  its ranks must go on meeting in the all-reduce).
 """
 
 from __future__ import annotations
@@ -48,26 +51,29 @@ from typing import Any
 from gradmanifold.wrap.options import RecordOptions
 
 TARGET = "torch.optim.optimizer"
-WRAPPER_PREFIXES = {
-    "DistributedDataParallel": "module.",
-    "DataParallel": "module.",
-    "FullyShardedDataParallel": "_fsdp_wrapped_module.",
-    "OptimizedModule": "_orig_mod.",
-}
 SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
 
 
 def is_recording_rank(env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+    """True for the process that writes: rank 0 by RANK, or LOCAL_RANK without RANK, or no rank at all."""
     rank = env.get("RANK")
     if rank is None:
         rank = env.get("LOCAL_RANK")
     return rank in (None, "", "0")
 
 
+def _is_rank_zero() -> bool:
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank()) == 0
+    return is_recording_rank()
+
+
 def arm() -> None:
-    """Register the step pre-hook now if torch.optim is loaded, else when it is."""
+    """Register the step pre-hook now if torch.optim is loaded, else when it is (on every rank: a sharded
+    job needs every rank; the others turn themselves off at the first step)."""
     opts = RecordOptions.from_env(os.environ)
-    if opts is None or not is_recording_rank():
+    if opts is None:
         return
     state = _State(opts)
     _STATE.append(state)
@@ -118,38 +124,63 @@ class _OptimizerRecorder:
         self.state = state
         self.index = index
         self.steps = 0
+        from gradmanifold import sharded
+
         params = [
             (gi, pi, p) for gi, g in enumerate(optimizer.param_groups) for pi, p in enumerate(g["params"])
         ]
-        named = name_parameters(params, _module_roots())
-        self.named = [(n, p) for n, p in named if p.requires_grad and p.grad is not None]
+        roots = _module_roots()
+        self.fsdp1 = sharded.fsdp1_index(m for r in roots for m in r.modules())
+        self.rank = sharded.rank()
+        named = name_parameters(params, roots)
+        # an original parameter of FSDP1 (use_orig_params) has no gradient where its shard is empty
+        self.named = [
+            (n, p) for n, p in named if p.requires_grad and (p.grad is not None or id(p) in self.fsdp1)
+        ]
+        self.distributed = any(id(p) in self.fsdp1 or sharded.is_distributed(p.grad) for _, p in self.named)
+        # replicated gradients: rank 0 alone; sharded: every rank takes part (rank 0 writes)
+        self.active = self.distributed or _is_rank_zero()
+        self.off = False
         self.recorder: Any = None
+
+    def tensors(self, what: str) -> dict[str, Any]:
+        """name -> gradient (what="grad") or parameter, FSDP1 flat parameters split into the originals."""
+        from gradmanifold import sharded
+
+        out: dict[str, Any] = {}
+        for name, p in self.named:
+            value = p.grad if what == "grad" else p.detach()
+            for n, v in sharded.expand(name, value, self.fsdp1.get(id(p)), self.rank):
+                if what == "grad" and v is not None and getattr(v, "is_sparse", False):
+                    v = v.to_dense()
+                out[n] = v
+        return out
 
     def record(self, optimizer: Any) -> None:
         step = self.steps
         self.steps += 1
         opts = self.state.opts
-        if step % opts.every:
+        if step % opts.every or self.off or not self.active:
             return
+        grads = self.tensors("grad")
         if self.recorder is None:
-            if not self.named:
+            if not grads:
                 return
             out = _store_path(opts.out, self.index)
             self.recorder = RecordOptions(**{**opts.__dict__, "out": out}).recorder(
-                [n for n, _ in self.named], on_error="warn"
+                list(grads), on_error="warn"
             )
-        grads = {}
-        for name, p in self.named:
-            g = p.grad
-            if g is not None and g.is_sparse:
-                g = g.to_dense()
-            grads[name] = g
         lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
         # The parameters before this step's update: theta_t, the same definition as the training loop's.
-        params = {name: p.detach() for name, p in self.named} if opts.updates else None
+        params = self.tensors("param") if opts.updates else None
         self.recorder.record(step, grads, lr=lr, params=params)
 
-    def close(self, status: str) -> None:
+    def close(self, status: str, final: bool = True) -> None:
+        """Commit and close the store; not final (a signal the job may survive) with sharded gradients:
+        commit and release it but keep the Recorder, whose ranks meet at every step (the next reopens it)."""
+        if not final and self.distributed and self.recorder is not None:
+            self.recorder.suspend(status)
+            return
         rec, self.recorder = self.recorder, None
         if rec is not None:
             rec.close(status=status)
@@ -178,54 +209,61 @@ class _State:
 
     def attach(self, module: ModuleType) -> None:
         module.register_optimizer_step_pre_hook(self.pre_step)
-        threading.Thread(target=_warm_up, name="gradmanifold-warm-up", daemon=True).start()
+        if is_recording_rank():  # the other ranks load the recorder only if their gradients are sharded
+            threading.Thread(target=_warm_up, name="gradmanifold-warm-up", daemon=True).start()
 
     def pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self.off:
             return
         self.busy = True
+        rec = None
         try:
             rec = self.by_optimizer.get(optimizer)
             if rec is None:
-                if self.count == 0 and not self._first_step():
-                    return
+                if self.count == 0:
+                    self._first_step()
                 rec = _OptimizerRecorder(self, optimizer, self.count)
                 self.count += 1
                 self.by_optimizer[optimizer] = rec
                 self.all.append(rec)
             rec.record(optimizer)
         except Exception as exc:
-            self.turn_off(f"{type(exc).__name__}: {exc}")
+            self.turn_off(f"{type(exc).__name__}: {exc}", rec)
         finally:
             self.busy = False
         while self.pending:
             signum, frame = self.pending.pop(0)
             self.on_signal(signum, frame)
 
-    def _first_step(self) -> bool:
-        dist = sys.modules.get("torch.distributed")
-        if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
-            self.off = True
-            return False
-        if threading.current_thread() is threading.main_thread():
+    def _first_step(self) -> None:
+        """Install the commit-on-signal handlers (rank 0 only: the other ranks hold no store)."""
+        if _is_rank_zero() and threading.current_thread() is threading.main_thread():
             for name in SIGNALS:
                 sig = getattr(signal, name, None)
                 if sig is not None:
                     with contextlib.suppress(ValueError, OSError):
                         self.previous[sig] = signal.signal(sig, self.on_signal)
-        return True
 
-    def turn_off(self, why: str) -> None:
-        self.off = True
-        print(f"gradmanifold: recording stopped, training goes on: {' '.join(why.split())}", file=sys.stderr)
+    def turn_off(self, why: str, culprit: _OptimizerRecorder | None = None) -> None:
+        """Stop recording after an error: everything, or only the culprit's optimizer while a sharded one
+        records (its ranks stop together, through the all-reduce; the others must go on meeting)."""
+        sharded = [r for r in self.all if r.distributed and not r.off and r is not culprit]
+        where = f" (rank {culprit.rank})" if culprit is not None and culprit.rank else ""
+        text = " ".join(why.split())
+        print(f"gradmanifold: recording stopped, training goes on{where}: {text}", file=sys.stderr)
         try:
-            self.close_all("failed")
+            if culprit is not None and sharded:
+                culprit.off = True
+                culprit.close("failed")
+            else:
+                self.off = True
+                self.close_all("failed")
         except Exception as exc:
             print(f"gradmanifold: could not commit the store: {exc}", file=sys.stderr)
 
-    def close_all(self, status: str) -> None:
+    def close_all(self, status: str, final: bool = True) -> None:
         for rec in self.all:
-            rec.close(status)
+            rec.close(status, final)
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self.pid:  # a forked child inherited the handler: not its store
@@ -235,7 +273,7 @@ class _State:
             self.pending.append((signum, frame))
             return
         try:
-            self.close_all("interrupted")  # a later step (the job caught the signal) reopens and appends
+            self.close_all("interrupted", final=False)  # a later step (the job went on) reopens, appends
         except Exception as exc:
             print(f"gradmanifold: could not commit the store: {exc}", file=sys.stderr)
         self._chain(signum, frame)
@@ -285,6 +323,8 @@ def _module_roots() -> list[Any]:
 
 def name_parameters(params: Sequence[tuple[int, int, Any]], roots: Sequence[Any]) -> list[tuple[str, Any]]:
     """(name, parameter) for each (param group, position, parameter): its module path (see above)."""
+    from gradmanifold.sharded import WRAPPER_PREFIXES
+
     want = {id(p) for _, _, p in params}
     per_root: list[tuple[Any, dict[int, str]]] = []
     for root in roots:
