@@ -25,7 +25,18 @@ DOCUMENTED = {0, 1, 2, 3}
 # Commands that never write (the read-only store tests prove it); after any other run, the places are checked.
 READ_ONLY = {"verify", "info", "analyze", "check", "spectrum"}
 # Options that would make a fuzzed run wait (follow a folder) or run another program are left out.
-UNSAFE = {"--follow", "--poll", "--idle-timeout", "--sentinel", "--delete-ingested"}
+# Cluster options start a Dask cluster or dial an address (seconds each): tests/test_sweep.py covers their bad
+# input (an unreachable scheduler, a malformed address, --workers 0) directly.
+UNSAFE = {
+    "--follow",
+    "--poll",
+    "--idle-timeout",
+    "--sentinel",
+    "--delete-ingested",
+    "--workers",
+    "--scheduler",
+    "--connect-timeout",
+}
 
 
 def _commands() -> dict[str, dict[str, tuple[str, bool]]]:
