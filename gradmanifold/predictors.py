@@ -1,4 +1,4 @@
-"""Predictor ids and their parsing: `zero`, `last`, `ema:<beta>`, `trend` (DESIGN.md section 1).
+"""Predictor ids and their parsing: `zero`, `last`, `ema:<beta>`, `trend` (docs/METHOD.md).
 
 Every predictor is causal and starts from m_0 = 0, so the first counted term of a fresh stream is ||g_0||^2:
 

@@ -1,4 +1,4 @@
-"""Increment spectrum readouts and projection error bars (DESIGN.md section 1).
+"""Increment spectrum readouts and projection error bars (docs/METHOD.md).
 
 From the eigenvalues s_i^2 of H^T H (descending) and the exact total ||H||_F^2:
 

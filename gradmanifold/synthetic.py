@@ -5,7 +5,7 @@ of the numbers `gradmanifold analyze` reports, computed independently of the rec
 
 ``white-noise`` (q = 0.5)
     g_t = mu + xi_t, ||mu||^2 = q d, xi_t ~ N(0, (1 - q) I). Signal fraction q = ||mu||^2 / E||g||^2.
-    Long-run kappa (DESIGN.md section 1): last 2(1-q), ema:b (2/(1+b))(1-q), trend 6(1-q), zero 1.
+    Long-run kappa (docs/METHOD.md): last 2(1-q), ema:b (2/(1+b))(1-q), trend 6(1-q), zero 1.
 ``random-walk``
     g_t = g_{t-1} + xi_t, g_{-1} = 0, xi_t ~ N(0, I). E||g_t||^2 = (t + 1) d, so kappa(last) = 2 / (T + 1)
     in expectation and kappa(trend) ~ 4 / T. The sum of ||g_t||^2 of a random walk does not concentrate

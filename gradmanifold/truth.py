@@ -1,6 +1,6 @@
 """Ground truth for the synthetic tasks: plain numpy references and exact second moments of linear streams.
 
-References (float64, written plainly; DESIGN.md section 1): `path_lengths`, `kappa_reference` and
+References (float64, written plainly; docs/METHOD.md): `path_lengths`, `kappa_reference` and
 `rank_reference` on rows g_0..g_{T-1}; `rank_from_energies` turns squared singular values into r*(eps).
 
 Exact moments: a stream that splits into independent coordinate classes, each a scalar linear system
@@ -29,7 +29,7 @@ class GroundTruth:
     """What analyze should find on a task's raw gradients (and, within the JL error, on its projections).
 
     kappa: expected kappa per predictor at this T; kappa_sd: its spread over runs (estimated tasks only);
-    kappa_limit: the T -> infinity closed form where DESIGN.md gives one; rank: r* per eps at this T and d
+    kappa_limit: the T -> infinity closed form where docs/METHOD.md gives one; rank: r* per eps at this T and d
     (key: repr of eps, as in the analysis JSON), the median over independent replicas of the task;
     rank_limit: r* of the expected increment Gram (the T >> d value; the planted rank for lowrank-drift);
     method: how kappa was obtained, "exact" or "estimated from N replicas".
@@ -76,7 +76,7 @@ def predictor_filter(pid: str) -> tuple[str, float]:
 
 
 def path_lengths(g: np.ndarray, predictors: Sequence[str] = PREDICTORS) -> dict[str, float]:
-    """P_T(m) for each predictor on rows g_0..g_{T-1} (float64 numpy reference of DESIGN.md section 1)."""
+    """P_T(m) for each predictor on rows g_0..g_{T-1} (float64 numpy reference of docs/METHOD.md)."""
     g = np.asarray(g, dtype=np.float64).reshape(len(g), -1)
     out = {}
     for pid in predictors:

@@ -1,4 +1,4 @@
-"""Independent float64 reference for the analysis, written plainly from DESIGN.md section 1 (the test oracle).
+"""Independent float64 reference for the analysis, written plainly from docs/METHOD.md (the test oracle).
 
 Whole arrays in memory, explicit loops, np.linalg.svd for the spectrum: nothing shared with the package's
 streaming code, kernels or spectrum helpers.

@@ -84,7 +84,7 @@ def test_white_noise_matches_the_exact_expectation_and_designs_closed_forms() ->
     truth, got = measured("white-noise", 600, 256, 1, q=0.3)
     for pid in PRED:
         assert got[pid] == pytest.approx(truth[pid], rel=0.02), pid
-    # DESIGN.md: long white-noise streams: last 2(1-q), ema:b (2/(1+b))(1-q), trend 6(1-q)
+    # docs/METHOD.md: long white-noise streams: last 2(1-q), ema:b (2/(1+b))(1-q), trend 6(1-q)
     long = make_task("white-noise", 20_000, 4, 0, {"q": 0.3}).ground_truth(eps=())
     q = 0.3
     closed = {"zero": 1.0, "last": 2 * (1 - q), "ema:0.9": 2 / 1.9 * (1 - q), "trend": 6 * (1 - q)}
