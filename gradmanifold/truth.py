@@ -29,7 +29,7 @@ class GroundTruth:
     """What analyze should find on a task's raw gradients (and, within the JL error, on its projections).
 
     kappa: expected kappa per predictor at this T; kappa_sd: its spread over runs (estimated tasks only);
-    kappa_limit: the T -> infinity closed form where docs/METHOD.md gives one; rank: r* per eps at this T and d
+    kappa_limit: the T -> infinity closed form where METHOD.md gives one; rank: r* per eps at this T and d
     (key: repr of eps, as in the analysis JSON), the median over independent replicas of the task;
     rank_limit: r* of the expected increment Gram (the T >> d value; the planted rank for lowrank-drift);
     method: how kappa was obtained, "exact" or "estimated from N replicas".
