@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Each command module registers its command(s) on `app`; heavy imports stay inside the command bodies.
-from gradmanifold.cli import analyze, check, compare, info, plot, record, spectrum, verify  # noqa: F401
+from gradmanifold.cli import analyze, check, compare, export, info, plot, record, spectrum, verify  # noqa: F401
 from gradmanifold.cli.app import app
 
 

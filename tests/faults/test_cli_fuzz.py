@@ -266,7 +266,7 @@ def test_overlong_path_name(tmp_path: Path) -> None:
 
 
 def test_every_command_is_fuzzed() -> None:
-    assert {"verify", "repair", "info", "analyze", "check", "record"} <= set(COMMANDS)
+    assert {"verify", "repair", "info", "analyze", "check", "record", "export"} <= set(COMMANDS)
 
 
 def test_wrapped_program_that_does_not_exist(tmp_path: Path) -> None:
