@@ -21,6 +21,9 @@ ALLOWED = {
     "distributed": ("sweep.py",),
     "fsspec": ("store/",),
     "aiohttp": ("store/",),
+    "transformers": ("integrations/",),
+    "lightning": ("integrations/",),
+    "pytorch_lightning": ("integrations/",),
 }
 # package parts that must never import another part (renderers get plain results; analysis never records;
 # analysis builds the plain result objects of report/model.py but never renders)
@@ -35,6 +38,8 @@ FORBIDDEN = {
     "report/": ("gradmanifold.store", "gradmanifold.kernels", "gradmanifold.record", "gradmanifold.analysis"),
     "store/": ("gradmanifold.analysis", "gradmanifold.record", "gradmanifold.cli", "gradmanifold.report"),
     "kernels/": ("gradmanifold.store", "gradmanifold.cli", "gradmanifold.report", "gradmanifold.record"),
+    # framework callbacks drive the Recorder; they never render or reach into the CLI
+    "integrations/": ("gradmanifold.cli", "gradmanifold.report"),
 }
 
 
