@@ -4,6 +4,10 @@ A reader sees the commit that was current when it opened the store, and only tha
 appending meanwhile: committed bytes never change under an append, so the reader's rows stay valid. When a
 checksum does not match, the reader re-reads the manifest before calling the chunk corrupt: if the writer
 has since replaced the rows (a rewind of a resumed job, a repair), that is a StoreChangedError, not damage.
+
+A local array whose chunk files hold raw bytes (the writer's layout) is read file by file straight into numpy
+(store.rawchunk), checksummed in place and sliced without copies; other arrays, and remote stores, through
+zarr. Iterating reads the next chunks ahead on a thread, so reading overlaps the consumer's work.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,19 +36,25 @@ from gradmanifold.store.layout import (
     ARRAY_BY_NAME,
     ROWS,
     TABLE_BY_NAME,
+    array_chunk_file,
     array_issues,
     checksum,
     open_arrays,
+    raw_layout,
 )
 from gradmanifold.store.location import LocalLocation, StoreLocation, locate
 from gradmanifold.store.lock import read_holder
 from gradmanifold.store.manifest import MANIFEST_NAME, Manifest, TableState
+from gradmanifold.store.rawchunk import RawLayout, read_rows, size_problem
+from gradmanifold.store.readahead import run_ahead
 
 # Re-reads of a chunk whose checksum fails, each after re-reading the manifest (seconds to wait before each).
 # Chunk files and the manifest are replaced by atomic renames, so one re-read settles it on a local disk.
 RETRY_DELAYS = (0.0,)
 #: chunks a reader of a remote store fetches ahead, each on its own thread (their round trips overlap)
 REMOTE_READ_AHEAD = 4
+#: chunks a reader of a local store reads ahead of its consumer, on one thread (files are read one by one)
+LOCAL_READ_AHEAD = 2
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,9 @@ class StoreReader:
                 f"{os.path.join(self.path, MANIFEST_NAME)}: the projection spec is invalid ({exc})"
             ) from None
         self._arrays: dict[str, Any] = {}
+        #: per opened array of a local store: its raw chunk layout, None when it is read through zarr
+        self._raw: dict[str, RawLayout | None] = {}
+        self._root: Path | None = self.location.root if isinstance(self.location, LocalLocation) else None
         self._steps: np.ndarray | None = None
         #: chunks the last iter_chunks(skip_corrupt=True) left out (in row order)
         self.excluded: list[ExcludedChunk] = []
@@ -182,12 +195,26 @@ class StoreReader:
         None when any chunk fails its check."""
         m, c = self.manifest, self.chunk_rows
         try:
-            data = np.asarray(self._array("step")[: m.n_rows], dtype=np.int64)
+            arr = self._array("step")
+        except CorruptStoreError:
+            return None
+        if self._raw.get("step") is not None:  # local raw chunk files: one read a chunk, no zarr
+            parts = []
+            for i in range(m.n_chunks):
+                part, why = self._read_checked(
+                    "step", i, i * c, min((i + 1) * c, m.n_rows), m.checksums["step"][i]
+                )
+                if why or part is None:
+                    return None
+                parts.append(part)
+            return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        try:
+            data = np.asarray(arr[: m.n_rows], dtype=np.int64)
         except Exception:
             return None
         for i in range(m.n_chunks):
             lo, hi = i * c, min((i + 1) * c, m.n_rows)
-            if self.location.known_missing("step", i) or checksum(data[lo:hi]) != m.checksums["step"][i]:
+            if self._known_missing(arr, "step", i) or checksum(data[lo:hi]) != m.checksums["step"][i]:
                 return None
         return data
 
@@ -329,6 +356,7 @@ class StoreReader:
                     f"{self.path}: array {name!r} disagrees with the manifest ({'; '.join(issues)}); one of "
                     "them is damaged: run `gradmanifold verify`"
                 )
+            self._raw[name] = None if self._root is None else raw_layout(arr, self._root / name)
             self._arrays[name] = arr
         return arr
 
@@ -336,8 +364,24 @@ class StoreReader:
         self, name: str, index: int, lo: int, hi: int, want: str
     ) -> tuple[np.ndarray | None, str]:
         """Rows [lo, hi) of array `name` and "" when their checksum is `want`, else (None or data, why)."""
+        data, why = self._read_rows(name, index, lo, hi)
+        if data is None:
+            return None, why
+        return (data, "") if checksum(data) == want else (data, "checksum mismatch")
+
+    def _read_rows(self, name: str, index: int, lo: int, hi: int) -> tuple[np.ndarray | None, str]:
+        """Rows [lo, hi) of storage chunk `index` of array `name`, unverified, and ""; or (None, why not).
+
+        A raw local chunk file is read straight into numpy (rows from the chunk's first to hi, then a view
+        from lo: no copy); other arrays through zarr.
+        """
         arr = self._array(name)
-        if self.location.known_missing(name, index):
+        raw = self._raw.get(name)
+        if raw is not None:
+            first = index * raw.chunk_shape[0]
+            rows, why = read_rows(raw.file(index), raw, hi - first)
+            return (None, why) if rows is None else (rows[lo - first :], "")
+        if self._known_missing(arr, name, index):
             return None, "missing"  # the writer writes a file for every chunk, even an all-zero one
         try:
             data = np.asarray(arr[lo:hi])
@@ -347,18 +391,28 @@ class StoreReader:
             return None, self._unreadable(arr, name, index, exc)
         if data.shape[0] != hi - lo:
             return None, f"short ({data.shape[0]} of {hi - lo} rows)"
-        if checksum(data) != want:
-            return data, "checksum mismatch"
         return data, ""
 
     def _unreadable(self, arr: Any, name: str, index: int, exc: Exception) -> str:
         """Why a chunk does not decode: a file of the wrong size (truncated, overlong), or what zarr says."""
         want = int(np.prod(arr.chunks)) * arr.dtype.itemsize
-        size = self.location.chunk_size(name, index)
+        if self._root is not None:  # the file under the array's own chunk key encoding
+            try:
+                size: int | None = array_chunk_file(arr, self._root, name, index).stat().st_size
+            except OSError:
+                size = None
+        else:
+            size = self.location.chunk_size(name, index)
         if size is not None and size != want:
-            cut = "truncated" if size < want else "overlong"
-            return f"{cut} ({size} bytes, an uncompressed chunk has {want})"
+            return size_problem(size, want)
         return f"unreadable ({type(exc).__name__}: {_brief(exc)})"
+
+    def _known_missing(self, arr: Any, name: str, index: int) -> bool:
+        """No file for chunk `index` of `name` (a local folder: by its own chunk key encoding; a remote store
+        answers False and lets the read fail instead, see StoreLocation.known_missing)."""
+        if self._root is not None:
+            return not array_chunk_file(arr, self._root, name, index).is_file()
+        return self.location.known_missing(name, index)
 
     def _retry(self, name: str, index: int, lo: int, hi: int, why: str) -> tuple[np.ndarray | None, str]:
         """After a mismatch: re-read the manifest; rows replaced since we opened -> StoreChangedError."""
@@ -476,30 +530,22 @@ class StoreReader:
     ) -> Iterator[Callable[[], dict[str, np.ndarray]]]:
         """For each chunk index, a call that returns its verified rows (read_chunk) or raises.
 
-        A local store is read chunk by chunk as asked. A remote one has up to REMOTE_READ_AHEAD chunks in
-        flight on worker threads, so that the round trips of its requests overlap (docs/REMOTE.md).
+        Chunks are read and checked ahead of the consumer on worker threads, so that reading overlaps what
+        the consumer does with the chunk in hand: a local store up to LOCAL_READ_AHEAD chunks on one thread
+        (its reads are system calls that release the GIL), a remote one up to REMOTE_READ_AHEAD on as many
+        threads, so that the round trips of its requests overlap (docs/REMOTE.md). When the consumer stops
+        (or fails), no thread is left behind (store.readahead).
         """
-        if not self.location.remote or len(indices) < 2:
+        remote = self.location.remote
+        depth = REMOTE_READ_AHEAD if remote else LOCAL_READ_AHEAD
+        if depth < 1 or len(indices) < 2:
             for index in indices:
                 yield functools.partial(self.read_chunk, index, names)
             return
-        from concurrent.futures import Future, ThreadPoolExecutor
-
-        pool = ThreadPoolExecutor(REMOTE_READ_AHEAD, thread_name_prefix="gradmanifold-read")
-        try:
-            ahead: deque[Future[dict[str, np.ndarray]]] = deque()
-            todo = iter(indices)
-            for index in todo:
-                ahead.append(pool.submit(self.read_chunk, index, names))
-                if len(ahead) >= REMOTE_READ_AHEAD:
-                    break
-            while ahead:
-                yield ahead.popleft().result
-                for index in todo:
-                    ahead.append(pool.submit(self.read_chunk, index, names))
-                    break
-        finally:  # the consumer stopped (or failed): drop what was not started, wait for what was
-            pool.shutdown(wait=True, cancel_futures=True)
+        threads = depth if remote else 1
+        with closing(run_ahead(indices, lambda i: self.read_chunk(i, names), depth, threads)) as chunks:
+            for _, done in chunks:
+                yield done.result
 
 
 def _brief(exc: BaseException) -> str:
