@@ -120,14 +120,8 @@ class UpdateTracker:
             self._prev, self._prev_proj = self._next
             self._next = None
 
-    def update(
-        self, params: Mapping[str, Any], group_names: list[str], keep: bool = True
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(R u [G, k], ||u||^2 [G]) since the previous kept call (None, None on the first).
-
-        params: name -> parameter, the recorded tensors. group_names: the groups, by index. keep: remember
-        these parameters now (False: only once accept() is called).
-        """
+    def check(self, params: Mapping[str, Any]) -> None:
+        """Raise InputError unless params name exactly the recorded tensors, with their sizes."""
         missing = sorted(set(self.where) - set(params))
         extra = sorted(set(params) - set(self.where))
         if missing or extra:
@@ -146,6 +140,17 @@ class UpdateTracker:
             size = self.where[name][1].size
             if numel(p) != size:
                 raise InputError(f"parameter {name!r} has {numel(p)} elements but its gradient has {size}")
+
+    def update(
+        self, params: Mapping[str, Any], group_names: list[str], keep: bool = True, owned: bool = False
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(R u [G, k], ||u||^2 [G]) since the previous kept call (None, None on the first).
+
+        params: name -> parameter, the recorded tensors. group_names: the groups, by index. keep: remember
+        these parameters now (False: only once accept() is called). owned: params are copies nobody else
+        changes (the Recorder's snapshots), kept without another copy.
+        """
+        self.check(params)
         k = self.spec.k
         if self.mode == "projected":
             proj = np.zeros((self.groups, k))
@@ -158,7 +163,8 @@ class UpdateTracker:
             if prev is None:
                 return None, None
             return proj - prev, np.full(self.groups, np.nan)
-        prev_params, self._next = self._prev, ({name: _copy(p) for name, p in params.items()}, None)
+        kept = dict(params) if owned else {name: _copy(p) for name, p in params.items()}
+        prev_params, self._next = self._prev, (kept, None)
         if keep:
             self.accept()
         if prev_params is None:

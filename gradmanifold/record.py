@@ -11,112 +11,36 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fnmatch
 import os
 import threading
 import time
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from gradmanifold.errors import InputError, NonFiniteGradientError, StoreWriteError
+from gradmanifold.groups import (  # noqa: F401  (GroupsArg, SINGLE_GROUP, OTHER_GROUP: public names)
+    OTHER_GROUP,
+    SINGLE_GROUP,
+    GroupsArg,
+    _build_layout,
+    _Layout,
+    _named_tensors,
+    _params,
+    _scalar,
+)
+from gradmanifold.hotpath import Background, StepProjector, copy_tensors
 from gradmanifold.passive import UpdateTracker, matrix_layers, numel, spectra_row
 from gradmanifold.projection import ProjectionSpec
-from gradmanifold.sharded import project_local
+from gradmanifold.sharded import project_named
 
-GroupsArg = None | Literal["auto", "single", "tensor"] | Mapping[str, str | Sequence[str]]
-SINGLE_GROUP = "all"
-OTHER_GROUP = "other"
 DEFAULT_MAX_GROUPS = 64
 DEFAULT_SPECTRA_TOP = 20
 FLAG_NONFINITE = 1
 FLAG_SKIPPED = 2
-
-
-@dataclass(frozen=True)
-class _Member:
-    tensor: str
-    offset: int
-    size: int
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Which tensors make up each group, at which offset within the group's flattened gradient."""
-
-    groups: tuple[tuple[str, tuple[_Member, ...]], ...]
-
-    @property
-    def sizes(self) -> list[tuple[str, int]]:
-        return [(name, sum(m.size for m in members)) for name, members in self.groups]
-
-
-def _named_tensors(grads: Any) -> list[tuple[str, Any]]:
-    """(name, gradient or None) pairs from a torch Module (named as unwrapped: gradmanifold.sharded), a
-    mapping name -> array, or one array."""
-    if hasattr(grads, "named_parameters") and callable(grads.named_parameters):
-        from gradmanifold.sharded import module_tensors
-
-        return module_tensors(grads, "grad")
-    if isinstance(grads, Mapping):
-        out = []
-        for name, value in grads.items():
-            if not isinstance(name, str):
-                raise InputError(f"gradient mapping keys must be strings, found {type(name).__name__}")
-            out.append((name, value))
-        return out
-    if hasattr(grads, "__array__") or hasattr(grads, "__dlpack__") or isinstance(grads, np.ndarray):
-        return [(SINGLE_GROUP, grads)]
-    raise InputError(
-        f"cannot record a {type(grads).__name__}: pass a torch Module, a mapping name -> array, or one array"
-    )
-
-
-def _module_prefix(name: str, depth: int) -> str:
-    parts = name.split(".")
-    return ".".join(parts[: min(depth, max(len(parts) - 1, 1))])
-
-
-def _build_layout(tensors: list[tuple[str, int]], groups: GroupsArg, max_groups: int) -> _Layout:
-    """Group tensors: one per tensor up to max_groups, else by module prefix; or as the user mapped them."""
-    assign: dict[str, list[tuple[str, int]]] = {}
-    if groups in (None, "auto"):
-        if len(tensors) <= max_groups:
-            key = {n: n for n, _ in tensors}
-        else:
-            depth = max((len(n.split(".")) for n, _ in tensors), default=1)
-            while depth > 0 and len({_module_prefix(n, depth) for n, _ in tensors}) > max_groups:
-                depth -= 1
-            key = {n: (_module_prefix(n, depth) if depth else SINGLE_GROUP) for n, _ in tensors}
-    elif groups == "single":
-        key = {n: SINGLE_GROUP for n, _ in tensors}
-    elif groups == "tensor":
-        key = {n: n for n, _ in tensors}
-    elif isinstance(groups, Mapping):
-        patterns = {g: [p] if isinstance(p, str) else list(p) for g, p in groups.items()}
-        key = {}
-        for n, _ in tensors:
-            key[n] = next(
-                (g for g, pats in patterns.items() if any(fnmatch.fnmatchcase(n, p) for p in pats)),
-                OTHER_GROUP,
-            )
-    else:
-        raise InputError(f"groups must be None, 'auto', 'single', 'tensor' or a mapping, not {groups!r}")
-    for n, size in tensors:
-        assign.setdefault(key[n], []).append((n, size))
-    out = []
-    for g, members in assign.items():
-        offset = 0
-        ms = []
-        for n, size in members:
-            ms.append(_Member(n, offset, size))
-            offset += size
-        out.append((g, tuple(ms)))
-    return _Layout(tuple(out))
 
 
 class Recorder:
@@ -142,6 +66,8 @@ class Recorder:
         spectra_every: int = 0,
         spectra_top: int = DEFAULT_SPECTRA_TOP,
         updates: bool | Literal["exact", "projected"] = False,
+        threads: int = 1,
+        queue_steps: int = 4,
     ) -> None:
         """Open nothing yet: the store is created (or continued) at the first record().
 
@@ -154,6 +80,10 @@ class Recorder:
         docs/SPECTRA.md). updates: also the parameter update since the previous recorded step, projected, and
         its squared norm ("exact" or True keeps a copy of the parameters; "projected" keeps only their
         projection, norms unknown; docs/UPDATES.md); needs params= in record() unless a Module is recorded.
+        threads: 1 (default) projects and appends on a background thread (record() only copies the step's
+        CPU gradients; gradmanifold.hotpath), 0 on the training thread. Sharded gradients and
+        nonfinite="raise" always record on the training thread. queue_steps: recorded steps that may wait
+        for the background thread before record() blocks.
         """
         if every < 1:
             raise InputError(f"every must be >= 1, not {every}")
@@ -166,6 +96,13 @@ class Recorder:
             raise InputError(f"on_error must be 'raise' or 'warn', not {on_error!r}")
         if max_groups < 1:
             raise InputError(f"max_groups must be >= 1, not {max_groups}")
+        for name, v, lo, hi in (("threads", threads, 0, 1), ("queue_steps", queue_steps, 1, 1 << 16)):
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or not lo <= v <= hi:
+                raise InputError(f"{name} must be an integer in [{lo}, {hi}], not {v!r}")
+        self.threads = int(threads)
+        self._queue_steps = int(queue_steps)
+        self._bg: Any = None  # hotpath.Background when the steps are recorded on a background thread
+        self._hot: Any = None  # hotpath.StepProjector
         self.path = os.fspath(path)
         spec_kw: dict[str, Any] = {"k": k, "seed": seed, "kind": kind}
         if s is not None:
@@ -193,14 +130,32 @@ class Recorder:
         self._failed = False
         self._closed = False
         self._last_commit = time.monotonic()
-        self.steps_recorded = 0
-        self.steps_flagged = 0
-        self.steps_skipped = 0
+        self._counts = [0, 0, 0]  # steps recorded, flagged non-finite, skipped
         self._exit_hook: Any = None
         self._dist: Any = None  # a sharded.Exchange when the gradients are sharded across ranks
         self._pid = os.getpid()  # a forked child must never commit or unlock the parent's store
 
     # ---------------------------------------------------------------- public API
+    @property
+    def steps_recorded(self) -> int:
+        """Rows appended so far (after the steps waiting for the background thread)."""
+        return self._count(0)
+
+    @property
+    def steps_flagged(self) -> int:
+        """Recorded rows flagged non-finite."""
+        return self._count(1)
+
+    @property
+    def steps_skipped(self) -> int:
+        """Steps left out for a non-finite gradient (nonfinite="skip")."""
+        return self._count(2)
+
+    def _count(self, i: int) -> int:
+        if self._bg is not None and not self._closed:
+            self._bg.drain()
+        return self._counts[i]
+
     @property
     def group_names(self) -> tuple[str, ...]:
         """The recorded groups (known after the first record)."""
@@ -240,16 +195,54 @@ class Recorder:
         named = _named_tensors(grads)
         if self._layout is None:
             self._open([(n, numel(g)) if g is not None else (n, -1) for n, g in named], named)
-        update = update_sq = None
+        self._take_background_error()
+        if self._failed:
+            return False
         if self._dist is not None:
             got = self._exchange(int(step), named, grads, params)
             if got is None:
                 return False
             proj, sqnorm, present, update, update_sq = got
-        else:
-            if self._writer is None:  # suspended
-                self._open_writer(self._layout, "must")  # type: ignore[arg-type]
-            proj, sqnorm, present = self._project_local(named)
+            spectra = named if self.spectra_every and step % self.spectra_every == 0 else None
+            return self._tail(
+                int(step), proj, sqnorm, present, _scalar(loss), _scalar(lr), (update, update_sq), spectra
+            )
+        if self._writer is None:  # suspended
+            self._open_writer(self._layout, "must")  # type: ignore[arg-type]
+        job = self._hot.snapshot(int(step), named)
+        job.loss, job.lr = _scalar(loss), _scalar(lr)
+        if self._tracker is not None:
+            given = _params(grads, params)
+            self._tracker.check(given)
+            job.params, nb = copy_tensors(list(given.items()))
+            job.nbytes += nb
+        if self.spectra_every and step % self.spectra_every == 0:
+            wanted = {n for n, _ in self._spectra_layers}
+            job.spectra, nb = copy_tensors([(n, g) for n, g in named if n in wanted])
+            job.nbytes += nb
+        if self._bg is not None:
+            self._bg.submit(job)
+            return True
+        return self._run_job(job)
+
+    def _run_job(self, job: Any) -> bool:
+        """Project a snapshot and append its row (on the background thread, or inline with threads=0)."""
+        proj, sqnorm, present = self._hot.project(job)
+        params = dict(job.params) if job.params is not None else None
+        return self._tail(job.step, proj, sqnorm, present, job.loss, job.lr, params, job.spectra)
+
+    def _tail(
+        self,
+        step: int,
+        proj: np.ndarray,
+        sqnorm: np.ndarray,
+        present: np.ndarray,
+        loss: float | None,
+        lr: float | None,
+        params: Any,
+        spectra: list[tuple[str, Any]] | None,
+    ) -> bool:
+        """Flags, the update, the row, the spectra row; params: the parameters (or, sharded, the update)."""
         proj, sqnorm, flags = self._finish(proj, sqnorm, present)
         bad = [g for (g, _), f in zip(self._layout.groups, flags, strict=True) if f & FLAG_NONFINITE]  # type: ignore[union-attr]
         if bad and self.nonfinite == "raise":
@@ -260,29 +253,32 @@ class Recorder:
         if bad and self.nonfinite == "skip":
             if self._writer is not None:  # None on a rank other than 0 of a sharded job
                 self._writer.note_skipped()
-            self.steps_skipped += 1
+            self._counts[2] += 1
             return False
+        update = update_sq = None
         if self._tracker is not None and self._dist is not None:
+            update, update_sq = params
             self._tracker.accept()
         elif self._tracker is not None:  # between consecutive recorded rows
             if self._last_step is not None and step <= self._last_step:
                 self._tracker.reset()  # a rewind: the parameters before this step are not the ones kept
-            update, update_sq = self._tracker.update(_params(grads, params), list(self.group_names))
+            update, update_sq = self._tracker.update(params, list(self.group_names), owned=True)
         if self._writer is not None:
-            kw = {"loss": _scalar(loss), "lr": _scalar(lr), "update": update, "update_sqnorm": update_sq}
-            self._guard(lambda: self._writer.append(int(step), proj, sqnorm, flags, **kw))
+            kw = {"loss": loss, "lr": lr, "update": update, "update_sqnorm": update_sq}
+            self._guard(lambda: self._writer.append(step, proj, sqnorm, flags, **kw))
         if self._failed:
             return False
-        self._last_step = int(step)
-        if self.spectra_every and step % self.spectra_every == 0:
-            row = spectra_row(named, self._spectra_layers, self.spectra_top, self.spec.seed)
-            self._guard(lambda: self._writer.append_row("spectra", int(step), row))
+        self._last_step = step
+        if spectra is not None:
+            row = spectra_row(spectra, self._spectra_layers, self.spectra_top, self.spec.seed)
+            self._guard(lambda: self._writer.append_row("spectra", step, row))
             if self._failed:
                 return False
-        self.steps_recorded += 1
-        self.steps_flagged += bool(bad)
+        self._counts[0] += 1
+        self._counts[1] += bool(bad)
         if self._writer is not None and time.monotonic() - self._last_commit > self.flush_interval:
-            self.flush()
+            self._guard(self._writer.flush)
+            self._last_commit = time.monotonic()
         return True
 
     def probe(
@@ -310,6 +306,7 @@ class Recorder:
 
         if kind not in ("curvature", "glass"):
             raise InputError(f"probe kind must be 'curvature' or 'glass', not {kind!r}")
+        self._drain()
         if self._dist is not None:
             raise InputError(
                 "probes need the whole model in one process; this Recorder records sharded gradients "
@@ -336,7 +333,8 @@ class Recorder:
         return result
 
     def flush(self) -> None:
-        """Commit every buffered row now."""
+        """Commit every buffered row now (after the steps waiting for the background thread)."""
+        self._drain()
         if self._writer is not None and not self._failed and not self._closed:
             self._guard(self._writer.flush)
             self._last_commit = time.monotonic()
@@ -350,6 +348,16 @@ class Recorder:
             return
         if self._exit_hook is not None:
             atexit.unregister(self._exit_hook)
+        try:
+            self._drain()
+        except BaseException:
+            if self._writer is not None and not self._failed:
+                with contextlib.suppress(Exception):
+                    self._writer.close(status="failed")
+            raise
+        finally:
+            if self._bg is not None:
+                self._bg.stop()
         if self._writer is not None and not self._failed:
             self._guard(lambda: self._writer.close(status=status))
 
@@ -394,7 +402,32 @@ class Recorder:
         except Exception as exc:
             warnings.warn(f"gradmanifold: could not commit {self.path} at exit: {exc}", stacklevel=1)
 
+    def _drain(self) -> None:
+        """Wait for the steps queued on the background thread; raise what stopped it there, if anything."""
+        if self._bg is not None:
+            self._bg.drain()
+            self._take_background_error()
+
+    def _take_background_error(self) -> None:
+        """Hand an exception of the background thread to the caller, under the on_error policy."""
+        err = self._bg.take_error() if self._bg is not None else None
+        if err is None:
+            return
+        self._failed = True
+        if isinstance(err, StoreWriteError) and self.on_error == "warn":
+            if self._writer is not None:
+                self._writer.abandon()
+            warnings.warn(f"gradmanifold: recording stopped, training goes on: {err}", RuntimeWarning, 3)
+            return
+        if self._writer is not None:  # commit what was recorded before, and release the lock
+            with contextlib.suppress(Exception):
+                self._writer.close(status="failed")
+        raise err
+
     def _guard(self, fn: Any) -> None:
+        if self._bg is not None and threading.current_thread() is self._bg.thread:
+            fn()  # the training thread applies the on_error policy (_take_background_error)
+            return
         try:
             fn()
         except StoreWriteError as exc:
@@ -441,6 +474,10 @@ class Recorder:
         if self.updates is not None:
             self._tracker = UpdateTracker(self.updates, self.spec, self._where, len(layout.groups))
             self._tracker.plain = self._dist is None or self._dist.rank == 0
+        if self._dist is None:
+            self._hot = StepProjector(self.spec, [g for g, _ in layout.groups], self._where)
+            if self.threads and self.nonfinite != "raise":
+                self._bg = Background(self._run_job, self._queue_steps)
 
     def _open_writer(self, layout: _Layout, resume: str) -> None:
         """Create or continue the store (resume "must" when reopening after suspend())."""
@@ -480,6 +517,7 @@ class Recorder:
             raise InputError(f"suspend status must be 'interrupted', 'closed' or 'failed', not {status!r}")
         if os.getpid() != self._pid:  # a forked copy: the parent owns the store
             return
+        self._drain()
         if self._writer is not None and not self._failed and not self._closed:
             self._guard(lambda: self._writer.close(status=status))
             self._writer = None
@@ -498,7 +536,8 @@ class Recorder:
                 if self._last_step is not None and step <= self._last_step:
                     tracker.reset()  # a rewind
                 update = tracker.update(_params(grads, params), list(self.group_names), keep=False)
-            return (*self._project_local(named), update)
+            groups = list(self.group_names)
+            return (*project_named(named, self.spec, self._where, groups, dist.rank == 0), update)
 
         got, error = dist.step(local, len(layout.groups), self.spec.k, tracker is not None)
         if not got.failed:
@@ -516,36 +555,6 @@ class Recorder:
             warnings.warn(f"gradmanifold: recording stopped, training goes on: {why}", RuntimeWarning, 3)
         return None
 
-    def _project_local(self, named: list[tuple[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per group: this process's share of the float64 projection, squared norm, and tensors present."""
-        assert self._layout is not None
-        n_groups = len(self._layout.groups)
-        proj = np.zeros((n_groups, self.spec.k), np.float64)
-        sqnorm = np.zeros(n_groups, np.float64)
-        present = np.zeros(n_groups, np.int64)
-        plain = self._dist is None or self._dist.rank == 0  # unsharded tensors are replicated: rank 0's
-        for name, grad in named:
-            where = self._where.get(name)
-            if where is None:
-                raise InputError(
-                    f"gradient {name!r} is not in the recorded layout ({len(self._where)} tensors known); "
-                    "the set of recorded tensors must stay the same from step to step"
-                )
-            if grad is None:
-                continue
-            gi, member = where
-            n = numel(grad)
-            if n != member.size:
-                raise InputError(
-                    f"gradient {name!r} has {n} elements, but {member.size} were recorded before; "
-                    "a group's shape cannot change within a store"
-                )
-            z, q = project_local(grad, self.spec, self._layout.groups[gi][0], member.offset, plain)
-            proj[gi] += z
-            sqnorm[gi] += q
-            present[gi] += 1
-        return proj, sqnorm, present
-
     def _finish(
         self, proj: np.ndarray, sqnorm: np.ndarray, present: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -558,28 +567,3 @@ class Recorder:
         flags[nonfinite] |= FLAG_NONFINITE
         proj = np.where(nonfinite[:, None], 0.0, proj)
         return proj.astype(np.float32), sqnorm, flags
-
-
-def _params(grads: Any, params: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    """The parameters beside the gradients: given, or a Module's own (those with requires_grad)."""
-    if params is not None:
-        if not isinstance(params, Mapping):
-            raise InputError(f"params must be a mapping name -> array, not {type(params).__name__}")
-        return params
-    if hasattr(grads, "named_parameters") and callable(grads.named_parameters):
-        from gradmanifold.sharded import module_tensors
-
-        return dict(module_tensors(grads, "param"))
-    raise InputError(
-        "updates are recorded but record() got no params: pass params={name: array} with the same names "
-        "and shapes as the gradients (a torch Module gives its own)"
-    )
-
-
-def _scalar(v: Any) -> float | None:
-    if v is None:
-        return None
-    try:
-        return float(v.item() if hasattr(v, "item") else v)
-    except (TypeError, ValueError):
-        raise InputError(f"loss and lr must be numbers, not {type(v).__name__}") from None

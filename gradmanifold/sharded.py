@@ -25,7 +25,7 @@ import math
 import sys
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -298,6 +298,42 @@ def project_local(
         z += zr
         q += qr
     return z, q
+
+
+def project_named(
+    named: Sequence[tuple[str, Any]],
+    spec: ProjectionSpec,
+    where: Mapping[str, tuple[int, Any]],
+    group_names: list[str],
+    plain: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group: this rank's share of the float64 projection, the squared norm, and the tensors present.
+
+    named: (name, tensor or None) of a step. where: name -> (group index, member with .offset and .size).
+    plain: whether this rank contributes unsharded tensors (rank 0: they are replicated on every rank).
+    """
+    g = len(group_names)
+    proj, sqnorm, present = np.zeros((g, spec.k)), np.zeros(g), np.zeros(g, np.int64)
+    for name, grad in named:
+        if name not in where:
+            raise InputError(
+                f"gradient {name!r} is not in the recorded layout ({len(where)} tensors known); "
+                "the set of recorded tensors must stay the same from step to step"
+            )
+        if grad is None:
+            continue
+        gi, member = where[name]
+        n = int(grad.numel()) if callable(getattr(grad, "numel", None)) else int(np.size(grad))
+        if n != member.size:
+            raise InputError(
+                f"gradient {name!r} has {n} elements, but {member.size} were recorded before; "
+                "a group's shape cannot change within a store"
+            )
+        z, q = project_local(grad, spec, group_names[gi], member.offset, plain)
+        proj[gi] += z
+        sqnorm[gi] += q
+        present[gi] += 1
+    return proj, sqnorm, present
 
 
 def refuse_spectra(named: Sequence[tuple[str, Any]]) -> None:

@@ -177,7 +177,7 @@ def test_restart_from_checkpoint_equals_uninterrupted(tmp_path: Path) -> None:
 
 def test_on_error_warn_keeps_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "r.zarr"
-    rec = Recorder(path, k=8, on_error="warn", chunk_rows=2)
+    rec = Recorder(path, k=8, on_error="warn", chunk_rows=2, threads=0)
     rec.record(0, grads_at(0))
     rec.record(1, grads_at(1))  # fills a chunk: committed
 
@@ -192,11 +192,44 @@ def test_on_error_warn_keeps_training(tmp_path: Path, monkeypatch: pytest.Monkey
     rec.close()
     assert list(open_store(path).steps()) == [0, 1]
 
-    rec = Recorder(tmp_path / "s.zarr", k=8, on_error="raise", chunk_rows=1)
+    rec = Recorder(tmp_path / "s.zarr", k=8, on_error="raise", chunk_rows=1, threads=0)
     rec.record(0, grads_at(0))
     monkeypatch.setattr(rec._writer, "flush", disk_full)
     with pytest.raises(StoreWriteError):
         rec.record(1, grads_at(1))
+
+
+def test_on_error_on_the_background_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails on the background thread reaches the training thread at its next call, under the
+    on_error policy; what was committed before stays."""
+    path = tmp_path / "r.zarr"
+    rec = Recorder(path, k=8, on_error="warn", chunk_rows=2, threads=1)
+    rec.record(0, grads_at(0))
+    rec.record(1, grads_at(1))
+    rec.flush()
+
+    def disk_full() -> None:
+        raise StoreWriteError("No space left on device")
+
+    monkeypatch.setattr(rec._writer, "flush", disk_full)
+    rec.record(2, grads_at(2))
+    rec.record(3, grads_at(3))  # fills a chunk: its commit fails on the background thread
+    with pytest.warns(RuntimeWarning, match="recording stopped, training goes on"):
+        rec.flush()
+    assert rec.record(4, grads_at(4)) is False
+    rec.close()
+    assert list(open_store(path).steps()) == [0, 1]
+
+    rec = Recorder(tmp_path / "s.zarr", k=8, on_error="raise", chunk_rows=1, threads=1)
+    rec.record(0, grads_at(0))
+    rec.flush()
+    monkeypatch.setattr(rec._writer, "flush", disk_full)
+    rec.record(1, grads_at(1))
+    with pytest.raises(StoreWriteError, match="No space left"):
+        rec.record(2, grads_at(2)) and rec.flush()
+    assert rec.record(3, grads_at(3)) is False  # stopped: nothing more is recorded
+    rec.close()
+    assert list(open_store(tmp_path / "s.zarr").steps()) == [0]
 
 
 @pytest.mark.torch

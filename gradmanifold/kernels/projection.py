@@ -345,6 +345,78 @@ def _sparse_accumulate_one(x, base, m, kshift, ksign, total):  # type: ignore[no
         total[o] += part[o]
 
 
+@numba.njit(cache=True, nogil=True)
+def _sparse_segments(buf, lo, n, base, key, row, m, kshift, ksign, scale, z):  # type: ignore[no-untyped-def]
+    """Project segment j of buf (buf[lo[j]:lo[j] + n[j]], at global index base[j] of the group whose keys
+    are row key[j] of kshift and ksign) into z[row[j]]: z[:k] the scaled projection, z[k] the squares.
+
+    Each segment is summed exactly as _sparse_accumulate sums one tensor (per super-block partials added in
+    index order into zeros), one thread, no GIL: the bits of one project_with_norm call per tensor.
+    """
+    width = z.shape[1]
+    k = width - 1
+    sb = m * max(1, SPARSE_SUPERBLOCK_TARGET // m)
+    tmp = np.zeros(width)
+    part = np.zeros(width)
+    for j in range(lo.size):
+        tmp[:] = 0.0
+        nj = n[j]
+        if nj > 0:
+            x = buf[lo[j] : lo[j] + nj]
+            g0 = base[j]
+            g1 = g0 + nj
+            ks = kshift[key[j]]
+            kn = ksign[key[j]]
+            for q in range(g0 // sb, (g1 - 1) // sb + 1):
+                part[:] = 0.0
+                _sparse_range(x, g0, max(g0, q * sb), min(g1, (q + 1) * sb), m, ks, kn, part)
+                for o in range(width):
+                    tmp[o] += part[o]
+        r = row[j]
+        for o in range(k):
+            z[r, o] = tmp[o] * scale
+        z[r, k] = tmp[k]
+
+
+@numba.njit(cache=True, nogil=True)
+def _combine(z, present, group, proj, sq, count):  # type: ignore[no-untyped-def]
+    """Add tensor rows of z into their groups in tensor order (the order of the per-tensor path)."""
+    k = proj.shape[1]
+    for r in range(z.shape[0]):
+        if present[r]:
+            g = group[r]
+            for o in range(k):
+                proj[g, o] += z[r, o]
+            sq[g] += z[r, k]
+            count[g] += 1
+
+
+def sparse_segments(
+    buf: np.ndarray,
+    lo: np.ndarray,
+    n: np.ndarray,
+    base: np.ndarray,
+    key: np.ndarray,
+    row: np.ndarray,
+    m: int,
+    kshift: np.ndarray,
+    ksign: np.ndarray,
+    scale: float,
+    z: np.ndarray,
+) -> None:
+    """Sparse kernel over many tensors in one call (int64 segment arrays; kshift, ksign uint64 [groups, s]);
+    z: float64 [tensors, k + 1], rows written, not added. Releases the GIL."""
+    with np.errstate(over="ignore"):
+        _sparse_segments(buf, lo, n, base, key, row, np.int64(m), kshift, ksign, np.float64(scale), z)
+
+
+def combine(
+    z: np.ndarray, present: np.ndarray, group: np.ndarray, proj: np.ndarray, sq: np.ndarray, count: np.ndarray
+) -> None:
+    """Per group: proj += z[:, :k], sq += z[:, k], count += 1 over present rows, in row order."""
+    _combine(z, present, group, proj, sq, count)
+
+
 def sparse_accumulate(
     x: np.ndarray, base: int, m: int, kshift: np.ndarray, ksign: np.ndarray, total: np.ndarray
 ) -> None:

@@ -1,0 +1,352 @@
+"""The Recorder's hot path: one step's gradients projected by one kernel call, off the training thread.
+
+At record() the training thread only copies: the CPU gradients of a step go into one flat float32 (and, for
+float64 tensors, one float64) buffer, in the order the step gives them. Tensors that should not be copied (on
+a device, where the projection stays on the device and only k + 1 numbers come back; larger than
+BATCH_MAX_ELEMENTS; not a plain float array) are projected there and then, one call each. A background thread
+then projects the buffers with one kernel call (gradmanifold.kernels.projection.sparse_segments, which
+releases the GIL), adds the tensors into their groups in tensor order, and appends the row.
+
+Same bits as one project_with_norm call per tensor: each tensor is summed in the same order by the same
+arithmetic, and tensors are added into their group in the order of the step, whichever thread does it.
+
+Bounded: at most `depth` steps wait (record() blocks when they do: it never drops a step and never grows
+without bound), and the copies in flight never exceed max(BYTES_IN_FLIGHT, one step's copies).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gradmanifold.errors import InputError
+from gradmanifold.passive import numel
+from gradmanifold.projection import ProjectionSpec, _keys
+from gradmanifold.sharded import project_local
+
+#: CPU tensors up to this many elements are copied into the step's buffer; larger ones are projected at once
+BATCH_MAX_ELEMENTS = 1 << 22
+#: bytes of copies (gradients, parameters, spectra layers) that may wait for the background thread
+BYTES_IN_FLIGHT = 256 << 20
+_F32 = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class _Plan:
+    """Where each tensor of a step goes, for one sequence of (name, route): built once, reused every step."""
+
+    names: tuple[str, ...]
+    group: np.ndarray  # int64 [tensors]: group index
+    segs: dict[str, tuple[np.ndarray, ...]]  # "f32"/"f64" -> (lo, n, base, key, row) int64 arrays
+    size: dict[str, int]  # buffer elements per dtype
+    copy: dict[str, list[tuple[int, int, int]]]  # dtype -> (tensor index, lo, hi) in the buffer
+    direct: list[int]  # tensors projected on the calling thread
+    free: list[dict[str, np.ndarray]] = field(default_factory=list)  # buffers not in use
+
+
+@dataclass
+class Job:
+    """One recorded step between the training thread and the background thread."""
+
+    step: int
+    plan: _Plan
+    bufs: dict[str, np.ndarray]
+    z: np.ndarray  # float64 [tensors, k + 1]: scaled projection and squared norm of each tensor
+    present: np.ndarray  # bool [tensors]
+    loss: float | None = None
+    lr: float | None = None
+    params: dict[str, Any] | None = None  # a copy of the parameters (updates)
+    spectra: list[tuple[str, Any]] | None = None  # copies of the matrix layers' gradients (spectra steps)
+    nbytes: int = 0
+
+
+class StepProjector:
+    """Projects the tensors of a step into per-tensor rows and adds them into groups.
+
+    spec: the projection. group_names: the groups, by index. where: tensor name -> (group index, member with
+    .offset and .size), the recorded layout.
+    """
+
+    def __init__(self, spec: ProjectionSpec, group_names: list[str], where: Mapping[str, tuple[int, Any]]):
+        self.spec = spec
+        self.group_names = group_names
+        self.where = where
+        self._plans: dict[tuple[tuple[str, str, int], ...], _Plan] = {}
+        self._lock = threading.Lock()  # the free lists are shared with the background thread
+        if spec.kind == "sparse":
+            keys = [_keys(int(spec.seed), g, spec.s) for g in group_names]
+            self._kshift = np.stack([kk.kshift for kk in keys]) if keys else np.zeros((0, spec.s), np.uint64)
+            self._ksign = np.stack([kk.ksign for kk in keys]) if keys else np.zeros((0, spec.s), np.uint64)
+
+    # ------------------------------------------------------------------ training thread
+    def snapshot(self, step: int, named: list[tuple[str, Any]]) -> Job:
+        """Copy (or project at once) this step's tensors; the returned Job owns what it needs."""
+        routes = tuple((name, *_route(g)) for name, g in named)
+        plan = self._plans.get(routes)
+        if plan is None:
+            plan = self._plan(routes, named)
+        k = self.spec.k
+        with self._lock:
+            bufs = plan.free.pop() if plan.free else None
+        if bufs is None:
+            bufs = {dt: np.empty(n, np.float32 if dt == "f32" else np.float64) for dt, n in plan.size.items()}
+        z = np.zeros((len(named), k + 1))
+        present = np.array([r != "none" for _, r, _ in routes], dtype=np.bool_)
+        for dt, copies in plan.copy.items():
+            _fill(bufs[dt], [(named[i][1], lo, hi) for i, lo, hi in copies])
+        for i in plan.direct:
+            name, x = named[i]
+            gi, member = self.where[name]
+            zi, qi = project_local(x, self.spec, self.group_names[gi], member.offset, True)
+            z[i, :k] = zi
+            z[i, k] = qi
+        nbytes = sum(b.nbytes for b in bufs.values())
+        return Job(int(step), plan, bufs, z, present, nbytes=nbytes)
+
+    def _plan(self, routes: tuple[tuple[str, str, int], ...], named: list[tuple[str, Any]]) -> _Plan:
+        group = np.zeros(len(routes), np.int64)
+        segs: dict[str, list[tuple[int, int, int, int, int]]] = {"f32": [], "f64": []}
+        copy: dict[str, list[tuple[int, int, int]]] = {"f32": [], "f64": []}
+        size = {"f32": 0, "f64": 0}
+        direct = []
+        for i, (name, route, n) in enumerate(routes):
+            where = self.where.get(name)
+            if where is None:
+                raise InputError(
+                    f"gradient {name!r} is not in the recorded layout ({len(self.where)} tensors known); "
+                    "the set of recorded tensors must stay the same from step to step"
+                )
+            gi, member = where
+            group[i] = gi
+            if route == "none":
+                continue
+            if n != member.size:
+                raise InputError(
+                    f"gradient {name!r} has {n} elements, but {member.size} were recorded before; "
+                    "a group's shape cannot change within a store"
+                )
+            if route == "direct":
+                direct.append(i)
+                continue
+            lo = size[route]
+            size[route] = lo + n
+            segs[route].append((lo, n, member.offset, gi, i))
+            copy[route].append((i, lo, lo + n))
+        plan = _Plan(
+            names=tuple(r[0] for r in routes),
+            group=group,
+            segs={
+                dt: tuple(np.array(col, np.int64) for col in zip(*v, strict=True))
+                for dt, v in segs.items()
+                if v
+            },
+            size={dt: n for dt, n in size.items() if n},
+            copy={dt: v for dt, v in copy.items() if v},
+            direct=direct,
+        )
+        if len(self._plans) > 64:  # routes that keep changing: keep the cache bounded
+            self._plans.clear()
+        self._plans[routes] = plan
+        return plan
+
+    # ------------------------------------------------------------------ any thread (the background one)
+    def project(self, job: Job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(proj [G, k], squared norms [G], tensors present [G]) of a snapshot; frees its buffers."""
+        from gradmanifold.kernels import projection as kern
+
+        spec = self.spec
+        plan = job.plan
+        for dt, (lo, n, base, key, row) in plan.segs.items():
+            if spec.kind != "sparse":  # dense: the cost is the k multiply-adds per value, not the calls
+                buf = job.bufs[dt]
+                for j in range(lo.size):
+                    total = np.zeros(spec.k + 1)
+                    kg = _keys(int(spec.seed), self.group_names[int(key[j])], spec.s).kgauss
+                    kern.gaussian_accumulate(buf[lo[j] : lo[j] + n[j]], int(base[j]), kg, spec.k, total)
+                    job.z[row[j], : spec.k] = total[: spec.k] * (1.0 / math.sqrt(spec.k))
+                    job.z[row[j], spec.k] = total[spec.k]
+                continue
+            kern.sparse_segments(
+                job.bufs[dt],
+                lo,
+                n,
+                base,
+                key,
+                row,
+                spec.k // spec.s,
+                self._kshift,
+                self._ksign,
+                1.0 / math.sqrt(spec.s),
+                job.z,
+            )
+        with self._lock:
+            if len(plan.free) < 2:
+                plan.free.append(job.bufs)
+        job.bufs = {}
+        g = len(self.group_names)
+        proj = np.zeros((g, spec.k))
+        sq = np.zeros(g)
+        count = np.zeros(g, np.int64)
+        kern.combine(job.z, job.present, plan.group, proj, sq, count)
+        return proj, sq, count
+
+
+def _route(x: Any) -> tuple[str, int]:
+    """How a tensor travels, and its size: "f32"/"f64" (copied into the step's buffer), "direct" (projected
+    where it is) or "none" (no gradient this step)."""
+    if x is None:
+        return "none", 0
+    if isinstance(x, np.ndarray):
+        name, n = x.dtype.name, x.size
+        if n > BATCH_MAX_ELEMENTS:
+            return "direct", n
+        return ("f32" if name in _F32 else "f64" if name == "float64" else "direct"), n
+    torch = sys.modules.get("torch")
+    if torch is not None and type(x) in (torch.Tensor, torch.nn.Parameter):
+        n = x.numel()
+        if x.device.type != "cpu" or n > BATCH_MAX_ELEMENTS:
+            return "direct", n
+        dt = x.dtype
+        if dt in (torch.float32, torch.float16, torch.bfloat16):
+            return "f32", n
+        return ("f64" if dt == torch.float64 else "direct"), n
+    return "direct", numel(x)
+
+
+def _fill(buf: np.ndarray, items: list[tuple[Any, int, int]]) -> None:
+    """Copy each tensor, flattened, into buf[lo:hi] (one torch.cat when they are all float32 tensors)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and all(isinstance(x, torch.Tensor) for x, _, _ in items):
+        out = torch.from_numpy(buf)
+        xs = [x.detach().reshape(-1) for x, _, _ in items]
+        if buf.dtype == np.float32 and all(x.dtype == torch.float32 for x in xs):
+            torch.cat(xs, out=out)
+            return
+        for x, (_, lo, hi) in zip(xs, items, strict=True):
+            out[lo:hi].copy_(x)
+        return
+    for x, lo, hi in items:
+        if torch is not None and isinstance(x, torch.Tensor):
+            buf[lo:hi] = x.detach().reshape(-1).to(torch.float64).numpy()
+        else:
+            buf[lo:hi] = np.asarray(x).reshape(-1)
+
+
+def copy_tensors(named: list[tuple[str, Any]]) -> tuple[list[tuple[str, Any]], int]:
+    """Copies of tensors that the training loop will change in place (parameters), and their bytes."""
+    out: list[tuple[str, Any]] = []
+    nbytes = 0
+    for name, x in named:
+        if x is None:
+            out.append((name, None))
+            continue
+        if hasattr(x, "detach") and hasattr(x, "clone"):
+            c = x.detach().clone()
+            nbytes += int(c.numel()) * int(c.element_size())
+        else:
+            c = np.array(x, copy=True)
+            nbytes += int(c.nbytes)
+        out.append((name, c))
+    return out, nbytes
+
+
+class Background:
+    """One thread that runs jobs in submission order, behind a bounded queue.
+
+    run: what to do with a job (on the background thread). depth: jobs that may wait; submit() blocks when
+    as many wait, or when the bytes waiting would pass max_bytes (one job always fits). The first exception
+    stops the thread's work: later jobs are dropped, and take_error() hands it to the training thread.
+    """
+
+    def __init__(
+        self, run: Callable[[Job], object], depth: int = 4, max_bytes: int = BYTES_IN_FLIGHT
+    ) -> None:
+        self._run = run
+        self._depth = max(1, int(depth))
+        self._max_bytes = int(max_bytes)
+        self._jobs: deque[Job | None] = deque()
+        self._bytes = 0
+        self._busy = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self.thread = threading.Thread(target=self._loop, name="gradmanifold-record", daemon=True)
+        self.thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Jobs submitted and not yet done."""
+        with self._cond:
+            return len(self._jobs) + self._busy
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; wait while the queue is full (backpressure)."""
+        with self._cond:
+            while (
+                self._error is None
+                and self._jobs
+                and (len(self._jobs) >= self._depth or self._bytes + job.nbytes > self._max_bytes)
+            ):
+                self._cond.wait()
+            if self._error is not None:
+                return
+            self._jobs.append(job)
+            self._bytes += job.nbytes
+            self._cond.notify_all()
+
+    def drain(self) -> None:
+        """Wait until every submitted job is done (or dropped after an error)."""
+        with self._cond:
+            while self._jobs or self._busy:
+                self._cond.wait()
+
+    def take_error(self) -> BaseException | None:
+        """The exception that stopped the background work, once (None when there was none)."""
+        with self._cond:
+            err, self._error = self._error, None
+            if err is not None:
+                self._error = _Stopped()  # keep refusing work
+            return err if not isinstance(err, _Stopped) else None
+
+    def stop(self) -> None:
+        """Finish the queued jobs and end the thread."""
+        with self._cond:
+            self._jobs.append(None)
+            self._cond.notify_all()
+        if self.thread is not threading.current_thread():
+            self.thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    self._cond.wait()
+                job = self._jobs.popleft()
+                if job is None:
+                    self._cond.notify_all()
+                    return
+                self._busy = True
+                failed = self._error is not None
+                self._cond.notify_all()  # a place in the queue is free
+            try:
+                if not failed:
+                    self._run(job)
+            except BaseException as exc:  # handed to the training thread at its next call
+                with self._cond:
+                    if self._error is None:
+                        self._error = exc
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._bytes -= job.nbytes
+                    self._cond.notify_all()
+
+
+class _Stopped(Exception):
+    """Marks a Background whose error was handed over: it takes no more work."""
