@@ -65,6 +65,14 @@ class Job:
     params: dict[str, Any] | None = None  # a copy of the parameters (updates)
     spectra: list[tuple[str, Any]] | None = None  # copies of the matrix layers' gradients (spectra steps)
     nbytes: int = 0
+    # filled by the computing part (Recorder._work)
+    p32: np.ndarray | None = None  # float32 [G, k], the stored projection
+    sq: np.ndarray | None = None  # float64 [G], squared norms
+    flags: np.ndarray | None = None  # uint8 [G]
+    update: np.ndarray | None = None
+    update_sq: np.ndarray | None = None
+    spectra_row: dict[str, np.ndarray] | None = None
+    skipped: bool = False
 
 
 class StepProjector:
@@ -158,7 +166,8 @@ class StepProjector:
 
     # ------------------------------------------------------------------ any thread (the background one)
     def project(self, job: Job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(proj [G, k], squared norms [G], tensors present [G]) of a snapshot; frees its buffers."""
+        """The stored row of a snapshot: (float32 proj [G, k], squared norms [G], flags [G]); frees its
+        buffers. The kernels release the GIL."""
         from gradmanifold.kernels import projection as kern
 
         spec = self.spec
@@ -190,12 +199,9 @@ class StepProjector:
             if len(plan.free) < 2:
                 plan.free.append(job.bufs)
         job.bufs = {}
-        g = len(self.group_names)
-        proj = np.zeros((g, spec.k))
-        sq = np.zeros(g)
-        count = np.zeros(g, np.int64)
-        kern.combine(job.z, job.present, plan.group, proj, sq, count)
-        return proj, sq, count
+        sq = np.zeros(len(self.group_names))
+        p32, flags = kern.combine(job.z, job.present, plan.group, sq)
+        return p32, sq, flags
 
 
 def _route(x: Any) -> tuple[str, int]:
@@ -239,6 +245,15 @@ def _fill(buf: np.ndarray, items: list[tuple[Any, int, int]]) -> None:
             buf[lo:hi] = np.asarray(x).reshape(-1)
 
 
+def finish_row(proj: np.ndarray, sqnorm: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The stored row of summed float64 projections (a sharded step): float32 projections, zeros where the
+    group is non-finite or beyond float32's range, and flags (1: non-finite, 2: no tensor present)."""
+    flags = np.where(present == 0, np.uint8(2), np.uint8(0)).astype(np.uint8)
+    bad = ~np.isfinite(sqnorm) | ~(np.abs(proj) <= float(np.finfo(np.float32).max)).all(axis=1)
+    flags[bad] |= 1
+    return np.where(bad[:, None], 0.0, proj).astype(np.float32), flags
+
+
 def copy_tensors(named: list[tuple[str, Any]]) -> tuple[list[tuple[str, Any]], int]:
     """Copies of tensors that the training loop will change in place (parameters), and their bytes."""
     out: list[tuple[str, Any]] = []
@@ -260,9 +275,10 @@ def copy_tensors(named: list[tuple[str, Any]]) -> tuple[list[tuple[str, Any]], i
 class Background:
     """One thread that runs jobs in submission order, behind a bounded queue.
 
-    run: what to do with a job (on the background thread). depth: jobs that may wait; submit() blocks when
-    as many wait, or when the bytes waiting would pass max_bytes (one job always fits). The first exception
-    stops the thread's work: later jobs are dropped, and take_error() hands it to the training thread.
+    run: what to do with a job (on the background thread); done jobs wait in `done`, in order, for the
+    training thread. depth: jobs that may wait; submit() blocks when as many wait, or when the bytes waiting
+    would pass max_bytes (one job always fits). The first exception stops the thread's work: later jobs are
+    dropped, and take_error() hands it to the training thread.
     """
 
     def __init__(
@@ -272,6 +288,7 @@ class Background:
         self._depth = max(1, int(depth))
         self._max_bytes = int(max_bytes)
         self._jobs: deque[Job | None] = deque()
+        self.done: deque[Job] = deque()
         self._bytes = 0
         self._busy = False
         self._error: BaseException | None = None
@@ -337,6 +354,7 @@ class Background:
             try:
                 if not failed:
                     self._run(job)
+                    self.done.append(job)
             except BaseException as exc:  # handed to the training thread at its next call
                 with self._cond:
                     if self._error is None:

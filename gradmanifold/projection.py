@@ -56,12 +56,22 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from gradmanifold.errors import InputError, UsageError
-from gradmanifold.kernels import projection as _k
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+
+def _kernels() -> ModuleType:
+    """gradmanifold.kernels.projection, imported on first use: numba loads only where something projects."""
+    from gradmanifold.kernels import projection
+
+    return projection
+
 
 Kind = Literal["sparse", "gaussian"]
 KINDS = ("sparse", "gaussian")
@@ -248,6 +258,7 @@ def fingerprint(spec: ProjectionSpec) -> str:
     The probe holds FINGERPRINT_PROBE float32 values in [-1, 1) from a fixed hash; it is projected under the
     group name "__fingerprint__", rounded to float32 and hashed together with the spec.
     """
+    _k = _kernels()
     u = _k.hash_numpy(0x5EED, np.arange(FINGERPRINT_PROBE)) >> np.uint64(11)
     probe = (u.astype(np.float64) * 2.0**-52 - 1.0).astype(np.float32)
     z = project(probe, spec, FINGERPRINT_GROUP).astype("<f4")
@@ -317,6 +328,7 @@ def _accumulator(
     spec: ProjectionSpec, keys: _Keys, total: np.ndarray
 ) -> tuple[Callable[[np.ndarray, int], None], int, float]:
     """(add(x, base): accumulate x at global index `base` into total, super-block size, output scale)."""
+    _k = _kernels()
     k = spec.k
     if spec.kind == "sparse":
         m = k // spec.s
@@ -421,6 +433,7 @@ def _t_sparse(x: Any, g0: int, m: int, keys: _Keys) -> Any:
     v = v.view(nb, m)
     b = torch.arange(g0 // m, g0 // m + nb, dtype=torch.int64, device=dev)[:, None]
     i = torch.arange(m, dtype=torch.int64, device=dev)[None, :]
+    _k = _kernels()
     nw = -(-m // _k.SIGN_WORD)
     out = []
     for r in range(len(keys.kshift)):
@@ -434,10 +447,12 @@ def _t_sparse(x: Any, g0: int, m: int, keys: _Keys) -> Any:
     return torch.cat(out)
 
 
-_T_BM = {
-    name: float(getattr(_k, "_BM_" + name))
-    for name in ("Q0", "Q1", "Q2", "Q3", "Q4", "KE", "PHI", "S1", "S2", "S3", "S4", "C1", "C2", "C3", "C4")
-}
+@functools.cache
+def _t_bm() -> dict[str, float]:
+    """The float32 constants of kernels.projection.box_muller32, by name."""
+    _k = _kernels()
+    names = ("Q0", "Q1", "Q2", "Q3", "Q4", "KE", "PHI", "S1", "S2", "S3", "S4", "C1", "C2", "C3", "C4")
+    return {name: float(getattr(_k, "_BM_" + name)) for name in names}
 
 
 def _t_box_muller32(a: Any, b: Any) -> tuple[Any, Any]:
@@ -449,6 +464,7 @@ def _t_box_muller32(a: Any, b: Any) -> tuple[Any, Any]:
     """
     import torch
 
+    _k = _kernels()
     f32 = torch.float32
     v = a.to(f32) + 0.5
     bits = v.view(torch.int32)
@@ -460,7 +476,7 @@ def _t_box_muller32(a: Any, b: Any) -> tuple[Any, Any]:
     top = e == 0
     f = torch.where(top, -w, m - 1.0) / torch.where(top, float(_k._BM_TWO33) - w, m + 1.0)
     s = f * f
-    c = _T_BM
+    c = _t_bm()
     q = (((s * c["Q4"] + c["Q3"]) * s + c["Q2"]) * s + c["Q1"]) * s + c["Q0"]
     # torch's CPU sqrt is not correctly rounded (SLEEF-style, ~20% of float32 results 1 ulp off); the float64
     # square root of a float32, rounded to float32, is (53 >= 2 * 24 + 2 bits: no double-rounding error)

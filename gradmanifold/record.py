@@ -32,7 +32,7 @@ from gradmanifold.groups import (  # noqa: F401  (GroupsArg, SINGLE_GROUP, OTHER
     _params,
     _scalar,
 )
-from gradmanifold.hotpath import Background, StepProjector, copy_tensors
+from gradmanifold.hotpath import Background, Job, StepProjector, copy_tensors, finish_row
 from gradmanifold.passive import UpdateTracker, matrix_layers, numel, spectra_row
 from gradmanifold.projection import ProjectionSpec
 from gradmanifold.sharded import project_named
@@ -125,6 +125,7 @@ class Recorder:
         self.updates: str | None = "exact" if updates is True else (updates or None)
         self._tracker: UpdateTracker | None = None
         self._last_step: int | None = None
+        self._work_last: int | None = None  # the last step the computing part accepted (the tracker's)
         self._writer: Any = None
         self._layout: _Layout | None = None
         self._failed = False
@@ -152,8 +153,8 @@ class Recorder:
         return self._count(2)
 
     def _count(self, i: int) -> int:
-        if self._bg is not None and not self._closed:
-            self._bg.drain()
+        if self._bg is not None and not self._closed and os.getpid() == self._pid:
+            self._drain()  # the steps still on the background thread count too
         return self._counts[i]
 
     @property
@@ -202,13 +203,17 @@ class Recorder:
             got = self._exchange(int(step), named, grads, params)
             if got is None:
                 return False
-            proj, sqnorm, present, update, update_sq = got
-            spectra = named if self.spectra_every and step % self.spectra_every == 0 else None
-            return self._tail(
-                int(step), proj, sqnorm, present, _scalar(loss), _scalar(lr), (update, update_sq), spectra
-            )
+            job = Job(int(step), None, {}, np.zeros((0, 0)), np.zeros(0, np.bool_))  # type: ignore[arg-type]
+            job.p32, job.flags = finish_row(got[0], got[1], got[2])
+            job.sq, job.update, job.update_sq = got[1], got[3], got[4]
+            job.loss, job.lr = _scalar(loss), _scalar(lr)
+            if not self._check_flags(job) and self._tracker is not None:
+                self._tracker.accept()
+            return self._tail(job)
         if self._writer is None:  # suspended
             self._open_writer(self._layout, "must")  # type: ignore[arg-type]
+        if self._bg is not None:
+            self._collect()  # rows of earlier steps that the background thread has projected
         job = self._hot.snapshot(int(step), named)
         job.loss, job.lr = _scalar(loss), _scalar(lr)
         if self._tracker is not None:
@@ -223,59 +228,66 @@ class Recorder:
         if self._bg is not None:
             self._bg.submit(job)
             return True
-        return self._run_job(job)
+        self._work(job)
+        return self._tail(job)
 
-    def _run_job(self, job: Any) -> bool:
-        """Project a snapshot and append its row (on the background thread, or inline with threads=0)."""
-        proj, sqnorm, present = self._hot.project(job)
-        params = dict(job.params) if job.params is not None else None
-        return self._tail(job.step, proj, sqnorm, present, job.loss, job.lr, params, job.spectra)
+    def _work(self, job: Job) -> None:
+        """The computing part of a step (on the background thread, or inline with threads=0): projection,
+        flags, the update since the previous row, the spectra row. Nothing here touches the store."""
+        job.p32, job.sq, job.flags = self._hot.project(job)
+        if self._check_flags(job):
+            return
+        if self._tracker is not None:
+            if self._work_last is not None and job.step <= self._work_last:
+                self._tracker.reset()  # a rewind: the parameters before this step are not the ones kept
+            job.update, job.update_sq = self._tracker.update(
+                dict(job.params or {}), list(self.group_names), owned=True
+            )
+            job.params = None
+        if job.spectra is not None:
+            job.spectra_row = spectra_row(job.spectra, self._spectra_layers, self.spectra_top, self.spec.seed)
+            job.spectra = None
+        self._work_last = job.step
 
-    def _tail(
-        self,
-        step: int,
-        proj: np.ndarray,
-        sqnorm: np.ndarray,
-        present: np.ndarray,
-        loss: float | None,
-        lr: float | None,
-        params: Any,
-        spectra: list[tuple[str, Any]] | None,
-    ) -> bool:
-        """Flags, the update, the row, the spectra row; params: the parameters (or, sharded, the update)."""
-        proj, sqnorm, flags = self._finish(proj, sqnorm, present)
-        bad = [g for (g, _), f in zip(self._layout.groups, flags, strict=True) if f & FLAG_NONFINITE]  # type: ignore[union-attr]
+    def _check_flags(self, job: Job) -> bool:
+        """Apply the nonfinite policy to a projected step; True when the step is skipped."""
+        groups = self._layout.groups  # type: ignore[union-attr]
+        flags = job.flags if job.flags is not None else np.zeros(len(groups), np.uint8)
+        bad = [g for (g, _), f in zip(groups, flags, strict=True) if f & FLAG_NONFINITE]
         if bad and self.nonfinite == "raise":
             raise NonFiniteGradientError(
-                f"step {step}: non-finite gradient in group(s) {', '.join(bad[:5])}"
+                f"step {job.step}: non-finite gradient in group(s) {', '.join(bad[:5])}"
                 f"{' ...' if len(bad) > 5 else ''}; nothing recorded for this step"
             )
-        if bad and self.nonfinite == "skip":
+        job.skipped = bool(bad) and self.nonfinite == "skip"
+        return job.skipped
+
+    def _collect(self) -> None:
+        """Append the rows the background thread has finished, in step order (on the calling thread)."""
+        done = self._bg.done
+        while done and not self._failed:
+            self._tail(done.popleft())
+
+    def _tail(self, job: Job) -> bool:
+        """Store a worked step: the row (or a skip), the spectra row, the commit when one is due."""
+        if job.skipped:
             if self._writer is not None:  # None on a rank other than 0 of a sharded job
                 self._writer.note_skipped()
             self._counts[2] += 1
             return False
-        update = update_sq = None
-        if self._tracker is not None and self._dist is not None:
-            update, update_sq = params
-            self._tracker.accept()
-        elif self._tracker is not None:  # between consecutive recorded rows
-            if self._last_step is not None and step <= self._last_step:
-                self._tracker.reset()  # a rewind: the parameters before this step are not the ones kept
-            update, update_sq = self._tracker.update(params, list(self.group_names), owned=True)
+        step = job.step
         if self._writer is not None:
-            kw = {"loss": loss, "lr": lr, "update": update, "update_sqnorm": update_sq}
-            self._guard(lambda: self._writer.append(step, proj, sqnorm, flags, **kw))
+            kw = {"loss": job.loss, "lr": job.lr, "update": job.update, "update_sqnorm": job.update_sq}
+            self._guard(lambda: self._writer.append(step, job.p32, job.sq, job.flags, **kw))
         if self._failed:
             return False
         self._last_step = step
-        if spectra is not None:
-            row = spectra_row(spectra, self._spectra_layers, self.spectra_top, self.spec.seed)
-            self._guard(lambda: self._writer.append_row("spectra", step, row))
+        if job.spectra_row is not None:
+            self._guard(lambda: self._writer.append_row("spectra", step, job.spectra_row))
             if self._failed:
                 return False
         self._counts[0] += 1
-        self._counts[1] += bool(bad)
+        self._counts[1] += bool(job.flags is not None and (job.flags & FLAG_NONFINITE).any())
         if self._writer is not None and time.monotonic() - self._last_commit > self.flush_interval:
             self._guard(self._writer.flush)
             self._last_commit = time.monotonic()
@@ -407,6 +419,7 @@ class Recorder:
         if self._bg is not None:
             self._bg.drain()
             self._take_background_error()
+            self._collect()
 
     def _take_background_error(self) -> None:
         """Hand an exception of the background thread to the caller, under the on_error policy."""
@@ -425,9 +438,6 @@ class Recorder:
         raise err
 
     def _guard(self, fn: Any) -> None:
-        if self._bg is not None and threading.current_thread() is self._bg.thread:
-            fn()  # the training thread applies the on_error policy (_take_background_error)
-            return
         try:
             fn()
         except StoreWriteError as exc:
@@ -477,7 +487,7 @@ class Recorder:
         if self._dist is None:
             self._hot = StepProjector(self.spec, [g for g, _ in layout.groups], self._where)
             if self.threads and self.nonfinite != "raise":
-                self._bg = Background(self._run_job, self._queue_steps)
+                self._bg = Background(self._work, self._queue_steps)
 
     def _open_writer(self, layout: _Layout, resume: str) -> None:
         """Create or continue the store (resume "must" when reopening after suspend())."""
@@ -554,16 +564,3 @@ class Recorder:
         if error is not None or dist.rank == 0:
             warnings.warn(f"gradmanifold: recording stopped, training goes on: {why}", RuntimeWarning, 3)
         return None
-
-    def _finish(
-        self, proj: np.ndarray, sqnorm: np.ndarray, present: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The stored row: float32 projections, squared norms, and flags (skipped, non-finite)."""
-        flags = np.zeros(len(sqnorm), np.uint8)
-        flags[present == 0] |= FLAG_SKIPPED
-        # A projection beyond float32's range would be stored as inf: flag it like a non-finite gradient.
-        f32_max = float(np.finfo(np.float32).max)
-        nonfinite = ~np.isfinite(sqnorm) | ~(np.abs(proj) <= f32_max).all(axis=1)
-        flags[nonfinite] |= FLAG_NONFINITE
-        proj = np.where(nonfinite[:, None], 0.0, proj)
-        return proj.astype(np.float32), sqnorm, flags

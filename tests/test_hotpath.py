@@ -137,9 +137,9 @@ def test_backpressure_blocks_and_never_drops(tmp_path: Path, monkeypatch: pytest
     rec.flush()
     gate = threading.Event()
     entered = threading.Event()
-    real = rec._run_job
+    real = rec._work
 
-    def slow(job: Job) -> bool:
+    def slow(job: Job) -> None:
         entered.set()
         gate.wait()
         return real(job)

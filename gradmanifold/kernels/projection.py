@@ -66,6 +66,32 @@ def _hash(key, ctr):  # type: ignore[no-untyped-def]
     return _mix64(key + U64(ctr) * GOLDEN)
 
 
+_SIGN_BIT = U64(1 << 63)
+_S63 = U64(63)
+#: whole blocks whose squares are added in one pass (sq[i] still receives them in block order)
+SQUARE_GROUP = 4
+#: accumulator layout of the sparse kernel, printed by the bench
+SPARSE_LAYOUT = (
+    f"acc[s, 2m] doubled per sub-sketch; sub-sketch pairs share one pass over x; "
+    f"squares of {SQUARE_GROUP} blocks per pass"
+)
+
+
+@numba.njit(cache=True, inline="always")
+def _flip(v, w, j):  # type: ignore[no-untyped-def]
+    """float64(v) with its sign bit flipped where bit j of w is set: the bits of -v (also for -0.0 and NaN)."""
+    return U64(np.float64(v).view(np.uint64) ^ ((w << (_S63 - U64(j))) & _SIGN_BIT)).view(np.float64)
+
+
+@numba.njit(cache=True, inline="always")
+def _shift(key, b, m):  # type: ignore[no-untyped-def]
+    """Cyclic shift of block b under key: hash % m (a mask when m is a power of two, the same value)."""
+    h = _hash(key, b)
+    if m & (m - 1) == 0:
+        return np.int64(h & U64(m - 1))
+    return np.int64(h % U64(m))
+
+
 @numba.njit(cache=True)
 def _sparse_range(x, base, lo, hi, m, kshift, ksign, out):  # type: ignore[no-untyped-def]
     """Add the unscaled sparse projection of global coordinates [lo, hi) into out[:k]; squares into out[k:].
@@ -74,45 +100,86 @@ def _sparse_range(x, base, lo, hi, m, kshift, ksign, out):  # type: ignore[no-un
     (a = shift of (b, r)); folding acc[r, p] + acc[r, p + m] at the end gives position (i + a) mod m. So
     the inner loop is one contiguous run of fixed length, with no wrap test: it vectorizes. Indices are
     unsigned so that numba emits no negative-index wrap-around checks.
+
+    Every accumulator element receives its additions in block order, whatever the loop nesting: squares
+    are added SQUARE_GROUP whole blocks per pass (sq[i] += x_b0[i]^2, then x_b1[i]^2, ...), and for whole
+    blocks sub-sketches 2q and 2q + 1 are updated in the same pass over x (their accumulators are disjoint).
+    Signs are applied by flipping the sign bit (_flip), which is what negation does.
     """
     s = kshift.size
     nw = (m + SIGN_WORD - 1) // SIGN_WORD
     k = s * m
     acc = np.zeros(2 * k)
     sq = np.zeros(m)  # squares by local index: an elementwise update, so it vectorizes in a fixed order
-    b0 = lo // m
+    b = lo // m
     b1 = (hi - 1) // m + 1
-    for b in range(b0, b1):
-        g = b * m  # global index of local index 0 of block b
-        i_lo = max(lo - g, 0)
-        i_hi = min(hi - g, m)
-        xo = g - base  # x[xo + i] holds local index i
-        for i in range(i_lo, i_hi):
-            v = np.float64(x[U64(xo + i)])
-            sq[U64(i)] += v * v
-        for r in range(s):
-            o = 2 * r * m + np.int64(_hash(kshift[r], b) % U64(m))
-            if i_lo == 0 and i_hi == m:  # whole block: fixed trip counts (the hot path)
-                for c in range(nw):
-                    w = _hash(ksign[r], b * nw + c)
+    while b < b1:
+        g = b * m
+        xo = g - base
+        if g >= lo and g + SQUARE_GROUP * m <= hi:  # SQUARE_GROUP whole blocks (the hot path)
+            nb = SQUARE_GROUP
+            x0 = x[xo : xo + m]
+            x1 = x[xo + m : xo + 2 * m]
+            x2 = x[xo + 2 * m : xo + 3 * m]
+            x3 = x[xo + 3 * m : xo + 4 * m]
+            for i in range(m):
+                v0 = np.float64(x0[i])
+                v1 = np.float64(x1[i])
+                v2 = np.float64(x2[i])
+                v3 = np.float64(x3[i])
+                t = sq[i]
+                t += v0 * v0
+                t += v1 * v1
+                t += v2 * v2
+                t += v3 * v3
+                sq[i] = t
+        else:
+            nb = 1
+            for i in range(max(lo - g, 0), min(hi - g, m)):
+                v = np.float64(x[U64(xo + i)])
+                sq[U64(i)] += v * v
+        for bb in range(b, b + nb):
+            g = bb * m
+            xo = g - base  # x[xo + i] holds local index i
+            i_lo = max(lo - g, 0)
+            i_hi = min(hi - g, m)
+            whole = i_lo == 0 and i_hi == m
+            r0 = 0
+            if whole:  # pairs of sub-sketches, one pass over x per pair
+                while r0 + 1 < s:
+                    oa = 2 * r0 * m + _shift(kshift[r0], bb, m)
+                    ob = 2 * (r0 + 1) * m + _shift(kshift[r0 + 1], bb, m)
+                    for c in range(nw):
+                        wa = _hash(ksign[r0], bb * nw + c)
+                        wb = _hash(ksign[r0 + 1], bb * nw + c)
+                        c0 = c * SIGN_WORD
+                        n_c = min(SIGN_WORD, m - c0)
+                        xc = xo + c0
+                        pa = oa + c0
+                        pb = ob + c0
+                        for i in range(n_c):
+                            v = np.float64(x[U64(xc + i)])
+                            acc[U64(pa + i)] += _flip(v, wa, i)
+                            acc[U64(pb + i)] += _flip(v, wb, i)
+                    r0 += 2
+            for r in range(r0, s):
+                o = 2 * r * m + _shift(kshift[r], bb, m)
+                if whole:
+                    for c in range(nw):
+                        w = _hash(ksign[r], bb * nw + c)
+                        c0 = c * SIGN_WORD
+                        n_c = min(SIGN_WORD, m - c0)
+                        xc = xo + c0
+                        oc = o + c0
+                        for i in range(n_c):
+                            acc[U64(oc + i)] += _flip(x[U64(xc + i)], w, i)
+                    continue
+                for c in range(i_lo // SIGN_WORD, (i_hi - 1) // SIGN_WORD + 1):
+                    w = _hash(ksign[r], bb * nw + c)
                     c0 = c * SIGN_WORD
-                    n_c = min(SIGN_WORD, m - c0)
-                    xc = xo + c0
-                    oc = o + c0
-                    for i in range(n_c):
-                        v = np.float64(x[U64(xc + i)])
-                        if (w >> U64(i)) & _ONE:
-                            v = -v
-                        acc[U64(oc + i)] += v
-                continue
-            for c in range(i_lo // SIGN_WORD, (i_hi - 1) // SIGN_WORD + 1):
-                w = _hash(ksign[r], b * nw + c)
-                c0 = c * SIGN_WORD
-                for i in range(max(i_lo, c0), min(i_hi, c0 + SIGN_WORD)):
-                    v = np.float64(x[U64(xo + i)])
-                    if (w >> U64(i - c0)) & _ONE:
-                        v = -v
-                    acc[U64(o + i)] += v
+                    for i in range(max(i_lo, c0), min(i_hi, c0 + SIGN_WORD)):
+                        acc[U64(o + i)] += _flip(x[U64(xo + i)], w, i - c0)
+        b += nb
     for r in range(s):
         for p in range(m):
             out[r * m + p] += acc[2 * r * m + p] + acc[2 * r * m + m + p]
@@ -378,9 +445,14 @@ def _sparse_segments(buf, lo, n, base, key, row, m, kshift, ksign, scale, z):  #
         z[r, k] = tmp[k]
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 @numba.njit(cache=True, nogil=True)
-def _combine(z, present, group, proj, sq, count):  # type: ignore[no-untyped-def]
-    """Add tensor rows of z into their groups in tensor order (the order of the per-tensor path)."""
+def _combine(z, present, group, proj, sq, count, p32, flags):  # type: ignore[no-untyped-def]
+    """Add tensor rows of z into their groups in tensor order (the order of the per-tensor path), then the
+    stored row: float32 projections (zeros where non-finite or beyond float32) and flags (1: non-finite,
+    2: no tensor of the group had a gradient)."""
     k = proj.shape[1]
     for r in range(z.shape[0]):
         if present[r]:
@@ -389,6 +461,19 @@ def _combine(z, present, group, proj, sq, count):  # type: ignore[no-untyped-def
                 proj[g, o] += z[r, o]
             sq[g] += z[r, k]
             count[g] += 1
+    for g in range(proj.shape[0]):
+        f = 0
+        if count[g] == 0:
+            f |= 2
+        bad = not np.isfinite(sq[g])
+        for o in range(k):
+            if not abs(proj[g, o]) <= _F32_MAX:
+                bad = True
+        if bad:
+            f |= 1
+        for o in range(k):
+            p32[g, o] = 0.0 if bad else np.float32(proj[g, o])
+        flags[g] = f
 
 
 def sparse_segments(
@@ -411,10 +496,16 @@ def sparse_segments(
 
 
 def combine(
-    z: np.ndarray, present: np.ndarray, group: np.ndarray, proj: np.ndarray, sq: np.ndarray, count: np.ndarray
-) -> None:
-    """Per group: proj += z[:, :k], sq += z[:, k], count += 1 over present rows, in row order."""
-    _combine(z, present, group, proj, sq, count)
+    z: np.ndarray, present: np.ndarray, group: np.ndarray, sq: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, over present rows in row order: the projection (sum of z[:, :k]) as stored (float32, zeros
+    where non-finite) and the flags; sq [G] receives the squared norms (sum of z[:, k]). Releases the GIL."""
+    g, k = sq.shape[0], z.shape[1] - 1
+    proj = np.zeros((g, k))
+    p32 = np.empty((g, k), np.float32)
+    flags = np.empty(g, np.uint8)
+    _combine(z, present, group, proj, sq, np.zeros(g, np.int64), p32, flags)
+    return p32, flags
 
 
 def sparse_accumulate(

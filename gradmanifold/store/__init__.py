@@ -1,5 +1,7 @@
 """The store: the only package that imports zarr. Layout, manifest (commit point), lock, writer, reader."""
 
+from typing import TYPE_CHECKING, Any
+
 from gradmanifold.store.chunk import FLAG_NONFINITE, FLAG_SKIPPED, ArraySource, Chunk, ChunkSource
 from gradmanifold.store.manifest import SCHEMA_VERSION, GroupInfo, Manifest, Segment
 from gradmanifold.store.reader import (
@@ -9,7 +11,9 @@ from gradmanifold.store.reader import (
     StoreReader,
     open_store,
 )
-from gradmanifold.store.writer import StoreWriter
+
+if TYPE_CHECKING:
+    from gradmanifold.store.writer import StoreWriter
 
 __all__ = [
     "FLAG_NONFINITE",
@@ -28,3 +32,12 @@ __all__ = [
     "StoreWriter",
     "open_store",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """StoreWriter on first use: reading a store (info, verify, analyze) never loads the writer."""
+    if name == "StoreWriter":
+        from gradmanifold.store.writer import StoreWriter
+
+        return StoreWriter
+    raise AttributeError(f"module 'gradmanifold.store' has no attribute {name!r}")
