@@ -17,6 +17,10 @@ def main(argv: list[str]) -> int:
     for name in names:
         mod = importlib.import_module(f"bench.{name}")
         mod.main()
+    if not wanted or "summary" in wanted:
+        from bench import summary
+
+        summary.main()
     return 0
 
 

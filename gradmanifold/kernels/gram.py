@@ -17,7 +17,6 @@ The plain numpy twins are `gram_reference` and `sketch_reference` (whole-array, 
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 
 
 class ExactGram:
@@ -60,7 +59,7 @@ class ExactGram:
         g = self.gram if k_sub is None else self.gram[:k_sub, :k_sub]
         if not g.shape[0]:
             return np.zeros(0)
-        ev = scipy.linalg.eigvalsh(g, check_finite=False)
+        ev = np.linalg.eigvalsh(g)  # LAPACK syevd, as scipy's; numpy spares the ~0.2 s scipy import
         return np.maximum(ev[::-1], 0.0)
 
 
@@ -124,6 +123,8 @@ def nystrom_eigenvalues(y: np.ndarray, omega: np.ndarray) -> np.ndarray:
     y_nu = y + nu * omega
     b = omega.T @ y_nu
     b = 0.5 * (b + b.T)
+    import scipy.linalg
+
     try:
         c = scipy.linalg.cholesky(b, lower=True, check_finite=False)
         e = scipy.linalg.solve_triangular(c, y_nu.T, lower=True, check_finite=False).T
