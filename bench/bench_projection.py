@@ -1,7 +1,9 @@
 """Projection throughput (Gparam/s) per kind, s and numba thread count, beside the memory-read roofline.
 
-sparse at d = 1e8 float32 (400 MB, streamed once per call); gaussian, O(k d), at d = 1e6. The roofline is a
-numpy sum over the same array in the same run (one core); ratio = Gparam/s / roofline Gparam/s.
+sparse at d = 1e8 float32 (400 MB, streamed once per call; GRADMANIFOLD_BENCH_D sets it); gaussian, O(k d), at
+d = 1e6. The roofline is a numpy sum (np.sum of the float32 array) over the same array in the same run, one
+core; ratio = Gparam/s / roofline Gparam/s. The sparse kernel's accumulator layout is printed and recorded.
+For one-core numbers: NUMBA_NUM_THREADS=1 taskset -c <cpu> python -m bench projection.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numba
 import numpy as np
 
 from bench._common import best_of, environment, print_table, read_roofline, write_json
+from gradmanifold.kernels.projection import SPARSE_LAYOUT
 from gradmanifold.projection import ProjectionSpec, project_with_norm
 
 K = 256
@@ -44,6 +47,7 @@ def main() -> None:
     print(
         f"BLAS: {env.get('blas')}  OPENBLAS_CORETYPE={env.get('OPENBLAS_CORETYPE')}  cpus={env.get('cpus')}"
     )
+    print(f"sparse kernel layout: {SPARSE_LAYOUT}")
     max_threads = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
     thread_counts = sorted({1, min(2, max_threads)})
     rows = []
@@ -59,7 +63,7 @@ def main() -> None:
         rows.append(_run(xg, ProjectionSpec(k=K, kind="gaussian"), threads, roof_g))
     numba.set_num_threads(max_threads)
     print_table(f"projection throughput (k = {K}, float32 input; roofline = numpy sum, one core)", rows)
-    write_json("projection", {"k": K, "rows": rows})
+    write_json("projection", {"k": K, "sparse_layout": SPARSE_LAYOUT, "rows": rows})
 
 
 if __name__ == "__main__":

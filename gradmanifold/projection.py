@@ -36,8 +36,9 @@ the sparse kind is the one for whole large models.
 Default s = 2. s >= 2 embeds subspaces much better than a CountSketch (s = 1), which matters because the
 predictable rank is read from the spectrum of projected increments; each doubling of s halves the
 throughput (the kernel is bound by the s float64 accumulator updates per input coordinate, not by memory).
-Measured here (AMD EPYC, one core, d = 1e8 float32, k = 256, read roofline 6.0 Gparam/s): s = 1 3.1,
-s = 2 2.1, s = 4 1.0, s = 8 0.47 Gparam/s; two cores: s = 2 4.1 (bench/bench_projection.py).
+Measured here (AMD EPYC, one core, d = 1e8 float32, k = 256, read roofline = np.sum over the same array
+5.6-5.8 Gparam/s): s = 1 3.3, s = 2 2.2 (0.39 of the roofline), s = 4 1.1, s = 8 0.43 Gparam/s; two cores:
+s = 2 4.1 (bench/bench_projection.py).
 s = 2 is the largest s that keeps ~2 Gparam/s per core; s = 4 or 8 are there for small k or when embedding
 quality matters more than time.
 
