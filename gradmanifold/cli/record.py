@@ -85,6 +85,13 @@ def record(
             "--updates", help="Also the parameter update of each recorded step, projected (docs/UPDATES.md)."
         ),
     ] = False,
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads",
+            help="1: project and check each step on a background thread; 0: on the training thread.",
+        ),
+    ] = 1,
     json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Record projected gradients into a store, from a wrapped job, from dump files, or a synthetic task.
@@ -112,6 +119,7 @@ def record(
         spectra_every=spectra_every,
         spectra_top=spectra_top,
         updates="exact" if updates else None,
+        threads=threads,
     )
     if command:
         from gradmanifold.wrap import run_wrapped

@@ -16,6 +16,7 @@ environment variables, set by the parent (a job can also set them itself and put
     GRADMANIFOLD_RECORD_SPECTRA_EVERY   layer spectra every N steps (0: off)
     GRADMANIFOLD_RECORD_SPECTRA_TOP     singular values kept per layer (20)
     GRADMANIFOLD_RECORD_UPDATES   parameter updates: exact | projected (unset: off)
+    GRADMANIFOLD_RECORD_THREADS   1: project on a background thread, 0: on the training thread (1)
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ _ENV_FIELDS = {
     "spectra_every": "SPECTRA_EVERY",
     "spectra_top": "SPECTRA_TOP",
     "updates": "UPDATES",
+    "threads": "THREADS",
 }
 
 
@@ -61,6 +63,7 @@ class RecordOptions:
     spectra_every: int = 0
     spectra_top: int = 20
     updates: str | None = None
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -79,6 +82,11 @@ class RecordOptions:
             raise UsageError(f"--spectra-top must be at least 1, not {self.spectra_top}")
         if self.updates not in (None, "exact", "projected"):
             raise UsageError(f"updates must be exact or projected, not {self.updates!r}")
+        if self.threads not in (0, 1):
+            raise UsageError(
+                f"--threads must be 0 (record on the training thread) or 1 (a background thread), "
+                f"not {self.threads}"
+            )
         if self.resume not in ("allow", "must", "never"):
             raise UsageError(f"--resume must be allow, must or never, not {self.resume!r}")
         parse_groups(self.groups)  # validate early, with the option's name in the message
@@ -100,6 +108,7 @@ class RecordOptions:
             spectra_every=self.spectra_every,
             spectra_top=self.spectra_top,
             updates=self.updates or False,  # type: ignore[arg-type]
+            threads=self.threads,
             **extra,
         )
 
@@ -125,6 +134,7 @@ class RecordOptions:
             ("flush_interval", float),
             ("spectra_every", int),
             ("spectra_top", int),
+            ("threads", int),
         )
         for name, conv in convs:
             text = raw[name]
