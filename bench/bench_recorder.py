@@ -83,7 +83,7 @@ def _outside_kernel_us(n_steps: int = 400) -> tuple[float, float]:
     import torch
 
     from gradmanifold import Recorder
-    from gradmanifold.kernels import projection as kern
+    from gradmanifold.kernels import segments as kern
 
     torch.manual_seed(0)
     model = _model("mlp")

@@ -169,6 +169,7 @@ class StepProjector:
         """The stored row of a snapshot: (float32 proj [G, k], squared norms [G], flags [G]); frees its
         buffers. The kernels release the GIL."""
         from gradmanifold.kernels import projection as kern
+        from gradmanifold.kernels import segments
 
         spec = self.spec
         plan = job.plan
@@ -182,7 +183,7 @@ class StepProjector:
                     job.z[row[j], : spec.k] = total[: spec.k] * (1.0 / math.sqrt(spec.k))
                     job.z[row[j], spec.k] = total[spec.k]
                 continue
-            kern.sparse_segments(
+            segments.sparse_segments(
                 job.bufs[dt],
                 lo,
                 n,
@@ -200,7 +201,7 @@ class StepProjector:
                 plan.free.append(job.bufs)
         job.bufs = {}
         sq = np.zeros(len(self.group_names))
-        p32, flags = kern.combine(job.z, job.present, plan.group, sq)
+        p32, flags = segments.combine(job.z, job.present, plan.group, sq)
         return p32, sq, flags
 
 

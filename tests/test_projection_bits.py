@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gradmanifold.kernels import projection as K
+from gradmanifold.kernels import segments as S
 from gradmanifold.projection import ProjectionSpec, _keys, fingerprint
 
 JIT = not numba.config.DISABLE_JIT  # type: ignore[attr-defined]
@@ -175,7 +176,7 @@ def test_sparse_kernel_bits_across_superblocks() -> None:
     z = np.zeros((1, s * m + 1))
     zero, one = np.zeros(1, np.int64), np.ones(1, np.int64)
     kshift, ksign = keys.kshift[None], keys.ksign[None]
-    K.sparse_segments(x, zero, n * one, (sb - 300) * one, zero, zero, m, kshift, ksign, 1.0, z)
+    S.sparse_segments(x, zero, n * one, (sb - 300) * one, zero, zero, m, kshift, ksign, 1.0, z)
     _assert_same_bits(z[0], want)
 
 

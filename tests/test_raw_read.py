@@ -8,6 +8,7 @@ followed; the read-ahead thread gone when the consumer stops early or fails.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,10 +18,11 @@ import google_crc32c
 import numpy as np
 import pytest
 import zarr
-from zarr.codecs import BytesCodec, GzipCodec
+from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec
 from zarr.storage import LocalStore
 
 import gradmanifold.store.reader as reader_mod
+from gradmanifold.errors import CorruptStoreError
 from gradmanifold.projection import ProjectionSpec
 from gradmanifold.store import ChunkDamagedError, StoreWriter, open_store
 from gradmanifold.store.layout import TABLE_BY_NAME, checksum, chunk_file
@@ -309,3 +311,127 @@ def test_checksum_is_the_crc32c_of_the_c_order_bytes(a: np.ndarray) -> None:
     ro = a.copy()
     ro.flags.writeable = False
     assert checksum(ro) == checksum(a)
+
+
+@pytest.fixture
+def zarr_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The arrays the reader opens through zarr (each call of store.layout.open_arrays)."""
+    seen: list[str] = []
+    real = reader_mod.open_arrays
+
+    def spy(root: Any, names: tuple[str, ...], writable: bool) -> Any:
+        seen.extend(names)
+        return real(root, names, writable)
+
+    monkeypatch.setattr(reader_mod, "open_arrays", spy)
+    return seen
+
+
+def _as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every array opened through zarr first, as before the plain metadata reads (store.plainmeta)."""
+    monkeypatch.setattr(reader_mod, "read_plain", lambda path, dtype: None)
+
+
+def test_plain_metadata_opens_no_zarr_array(
+    store: Path, zarr_opens: list[str], direct_reads: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    got = _everything(store)
+    assert not zarr_opens and direct_reads  # every array read directly, none opened through zarr
+    with monkeypatch.context() as mp:
+        _as_before(mp)
+        _same(got, _everything(store))
+    assert zarr_opens  # the reference opened them all
+
+
+def _edit_meta(path: Path, name: str, edit: Callable[[dict[str, Any]], None]) -> None:
+    meta = path / name / "zarr.json"
+    doc = json.loads(meta.read_text())
+    edit(doc)
+    meta.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    ("options", "edit", "opened", "direct"),
+    [
+        ({"compressors": Crc32cCodec()}, None, True, False),
+        ({"compressors": None, "chunk_key_encoding": {"name": "v2", "separator": "/"}}, None, False, True),
+        (
+            {"compressors": None, "dimension_names": ["t", "g", "k"], "attributes": {"a": 1}},
+            None,
+            False,
+            True,
+        ),
+        # zarr opens these (the plain read leaves them to it), then finds their chunk files raw
+        (
+            {"compressors": None},
+            lambda d: d.update(extra={"name": "x", "must_understand": False}),
+            True,
+            True,
+        ),
+        ({"compressors": None}, lambda d: d["codecs"][0].pop("configuration"), True, True),
+    ],
+    ids=["crc32c", "v2-keys", "dimension-names", "unknown-key", "no-endian"],
+)
+def test_unusual_metadata_reads_the_same_data(
+    store: Path,
+    options: dict[str, Any],
+    edit: Callable[[dict[str, Any]], None] | None,
+    opened: bool,
+    direct: bool,
+    direct_reads: list[str],
+    zarr_opens: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Metadata other than the writer's plain layout is opened through zarr; plain variants are not."""
+    with monkeypatch.context() as mp:
+        _zarr_only(mp)
+        reference = _everything(store)
+    _rewrite(store, "proj", **options)
+    if edit is not None:
+        _edit_meta(store, "proj", edit)
+    direct_reads.clear()
+    zarr_opens.clear()
+    _same(_everything(store), reference)
+    parts = {Path(p).relative_to(store).parts[0] for p in direct_reads}
+    assert ("proj" in parts) == direct and ("proj" in zarr_opens) == opened
+    assert set(zarr_opens) <= {"proj"} and {"sqnorm", "step", "flags"} <= parts
+    assert open_store(store).verify() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("flags", lambda m: m.write_text("{")),
+        ("flags", lambda m: m.write_text("[]")),
+        ("flags", lambda m: m.write_bytes(b"\xff\xfe{")),
+        ("flags", lambda m: m.unlink()),
+        ("step", lambda m: m.write_text(m.read_text().replace('"int64"', '"float64"'))),
+        ("step", lambda m: m.write_text(m.read_text().replace('"zarr_format": 3', '"zarr_format": 2'))),
+        ("sqnorm", lambda m: _edit_meta(m.parent.parent, "sqnorm", lambda d: d.update(shape=[2, 3]))),
+        ("sqnorm", lambda m: _edit_meta(m.parent.parent, "sqnorm", lambda d: d.update(shape=[18, 2]))),
+        ("proj", lambda m: _edit_meta(m.parent.parent, "proj", _chunks(8, 3, 8))),
+    ],
+    ids=["not-json", "a-list", "not-utf8", "missing", "dtype", "format-2", "short", "groups", "chunks"],
+)
+def test_damaged_metadata_gives_the_same_error(
+    store: Path, name: str, damage: Callable[[Path], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    damage(store / name / "zarr.json")
+
+    def error() -> str:
+        with pytest.raises(CorruptStoreError) as info:
+            list(open_store(store).iter_chunks())
+        return str(info.value)
+
+    now = error()
+    assert f"array {name!r}" in now and ("cannot be opened" in now or "disagrees with the manifest" in now)
+    with monkeypatch.context() as mp:
+        _as_before(mp)
+        assert error() == now
+
+
+def _chunks(*shape: int) -> Callable[[dict[str, Any]], None]:
+    def edit(d: dict[str, Any]) -> None:
+        d["chunk_grid"]["configuration"]["chunk_shape"] = list(shape)
+
+    return edit

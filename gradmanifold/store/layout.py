@@ -6,19 +6,17 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import google_crc32c
 import numpy as np
-import zarr
-from zarr.abc.store import Store
-from zarr.codecs import BytesCodec
-from zarr.codecs.bytes import Endian
-from zarr.core.chunk_grids import RegularChunkGrid
-from zarr.core.metadata import ArrayV3Metadata
-from zarr.storage import LocalStore
+
+if TYPE_CHECKING:  # zarr itself loads on first use: `info` and the direct chunk reads never need it
+    import zarr
+    from zarr.abc.store import Store
 
 from gradmanifold.store.lock import LOCK_NAME
+from gradmanifold.store.plainmeta import PlainArray
 from gradmanifold.store.rawchunk import RawLayout
 
 # Chunk target: whole rows along T, ~4 MiB of `proj` per chunk. Measured here: 4 KiB chunks read at tens
@@ -175,6 +173,9 @@ def create_arrays(
     root: Path, names: tuple[str, ...], dims: dict[str, int], chunk_rows: int, attrs: dict[str, Any]
 ) -> None:
     """Create the zarr group (when new) and the named (empty) arrays of one table."""
+    import zarr
+    from zarr.storage import LocalStore
+
     group = zarr.open_group(store=LocalStore(root), mode="a", zarr_format=3, attributes=attrs)
     for name in names:
         shape = array_shape(name, 0, dims)
@@ -196,6 +197,8 @@ def zarr_store(root: Path | Store, writable: bool = False) -> Store:
     root: the folder, or a zarr Store (store.location.RemoteLocation.zarr_root); writable: open for writing
     (a folder only).
     """
+    from zarr.storage import LocalStore
+
     if isinstance(root, Path):
         return LocalStore(root, read_only=not writable)
     if writable or not root.read_only:
@@ -205,12 +208,16 @@ def zarr_store(root: Path | Store, writable: bool = False) -> Store:
 
 def open_group(root: Path | Store) -> zarr.Group:
     """Open the store's zarr group read-only (checks the group metadata)."""
+    import zarr
+
     return zarr.open_group(store=zarr_store(root), mode="r", zarr_format=3)
 
 
 def open_arrays(root: Path | Store, names: tuple[str, ...], writable: bool) -> dict[str, zarr.Array]:
     """Open the named arrays of the store at root (a folder, or a remote location's read-only zarr store),
     each on its own (damage to one spares the others)."""
+    import zarr
+
     store = zarr_store(root, writable)
     out: dict[str, zarr.Array] = {}
     for name in names:
@@ -225,22 +232,46 @@ def open_arrays(root: Path | Store, names: tuple[str, ...], writable: bool) -> d
 
 def array_issues(arr: zarr.Array, name: str, dims: dict[str, int], chunk_rows: int, n_rows: int) -> list[str]:
     """How array `name` disagrees with what the manifest says it holds (empty when it agrees)."""
+    return shape_issues(name, tuple(arr.shape), tuple(arr.chunks), arr.dtype, dims, chunk_rows, n_rows)
+
+
+def shape_issues(
+    name: str,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dtype: Any,
+    dims: dict[str, int],
+    chunk_rows: int,
+    n_rows: int,
+) -> list[str]:
+    """How an array `name` of this shape, chunk shape and dtype (a zarr array's, or a plain zarr.json's)
+    disagrees with what the manifest says it holds (empty when it agrees)."""
     want_chunks = array_shape(name, chunk_rows, dims)
     want_dtype = np.dtype(ARRAY_BY_NAME[name].dtype)
     issues = []
-    if np.dtype(arr.dtype) != want_dtype:
-        issues.append(f"dtype {arr.dtype}, expected {want_dtype}")
-    if tuple(arr.chunks) != want_chunks:
-        issues.append(f"chunks {tuple(arr.chunks)}, expected {want_chunks}")
-    if tuple(arr.shape[1:]) != want_chunks[1:] or arr.shape[0] < n_rows:
-        issues.append(f"shape {tuple(arr.shape)} does not hold {n_rows} rows of {want_chunks[1:]}")
+    if np.dtype(dtype) != want_dtype:
+        issues.append(f"dtype {dtype}, expected {want_dtype}")
+    if chunks != want_chunks:
+        issues.append(f"chunks {chunks}, expected {want_chunks}")
+    if shape[1:] != want_chunks[1:] or shape[0] < n_rows:
+        issues.append(f"shape {shape} does not hold {n_rows} rows of {want_chunks[1:]}")
     return issues
 
 
-def raw_layout(arr: zarr.Array, folder: Path) -> RawLayout | None:
+def raw_layout(arr: zarr.Array | PlainArray, folder: Path) -> RawLayout | None:
     """How the chunk files of array `arr` (its folder: `folder`) lie on disk when each holds the chunk's raw
     C-order bytes (the `bytes` codec alone, little endian, on a little-endian machine); None when they are
-    anything else (compressed, another codec, big endian, ...): such arrays are read through zarr."""
+    anything else (compressed, another codec, big endian, ...): such arrays are read through zarr.
+
+    arr: a zarr array, or a PlainArray (store.plainmeta: its zarr.json read without zarr, plain already).
+    """
+    if isinstance(arr, PlainArray):
+        return RawLayout(arr.dtype, arr.chunks, str(folder), arr.encode_key)
+    from zarr.codecs import BytesCodec
+    from zarr.codecs.bytes import Endian
+    from zarr.core.chunk_grids import RegularChunkGrid
+    from zarr.core.metadata import ArrayV3Metadata
+
     meta = arr.metadata
     if sys.byteorder != "little" or not isinstance(meta, ArrayV3Metadata):
         return None
@@ -261,6 +292,8 @@ def raw_layout(arr: zarr.Array, folder: Path) -> RawLayout | None:
 
 def chunk_key(arr: zarr.Array, chunk: int) -> str:
     """The key of chunk `chunk` (along the rows) of `arr` under its own chunk key encoding ('/'-separated)."""
+    from zarr.core.metadata import ArrayV3Metadata
+
     meta = arr.metadata
     coords = (chunk, *(0,) * (len(arr.shape) - 1))
     if isinstance(meta, ArrayV3Metadata):

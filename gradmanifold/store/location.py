@@ -14,7 +14,6 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 from gradmanifold.errors import GradManifoldError, NotAStoreError, StoreNotFoundError, UsageError
 from gradmanifold.store.layout import chunk_file
@@ -75,6 +74,8 @@ def local_path(path: str | os.PathLike[str]) -> Path | None:
         raise UsageError(
             f"{path}: a file:// URL must name a folder on this machine (file:///path/to/run.zarr)"
         )
+    from urllib.request import url2pathname  # ~15 ms of imports: only for file:// URLs
+
     return Path(url2pathname(parts.path))
 
 

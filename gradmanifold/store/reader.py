@@ -5,9 +5,10 @@ appending meanwhile: committed bytes never change under an append, so the reader
 checksum does not match, the reader re-reads the manifest before calling the chunk corrupt: if the writer
 has since replaced the rows (a rewind of a resumed job, a repair), that is a StoreChangedError, not damage.
 
-A local array whose chunk files hold raw bytes (the writer's layout) is read file by file straight into numpy
-(store.rawchunk), checksummed in place and sliced without copies; other arrays, and remote stores, through
-zarr. Iterating reads the next chunks ahead on a thread, so reading overlaps the consumer's work.
+A local array whose chunk files hold raw bytes (the writer's layout, told from its zarr.json read as plain
+JSON: store.plainmeta) is read file by file straight into numpy (store.rawchunk), checksummed in place and
+sliced without copies, and zarr is never imported for it; other arrays, and remote stores, through zarr.
+Iterating reads the next chunks ahead on a thread, so reading overlaps the consumer's work.
 """
 
 from __future__ import annotations
@@ -37,14 +38,15 @@ from gradmanifold.store.layout import (
     ROWS,
     TABLE_BY_NAME,
     array_chunk_file,
-    array_issues,
     checksum,
     open_arrays,
     raw_layout,
+    shape_issues,
 )
 from gradmanifold.store.location import LocalLocation, StoreLocation, locate
 from gradmanifold.store.lock import read_holder
 from gradmanifold.store.manifest import MANIFEST_NAME, Manifest, TableState
+from gradmanifold.store.plainmeta import read_plain
 from gradmanifold.store.rawchunk import RawLayout, read_rows, size_problem
 from gradmanifold.store.readahead import run_ahead
 
@@ -195,10 +197,12 @@ class StoreReader:
         None when any chunk fails its check."""
         m, c = self.manifest, self.chunk_rows
         try:
-            arr = self._array("step")
+            self._open("step")
+            raw = self._raw["step"]
+            arr = None if raw is not None else self._array("step")
         except CorruptStoreError:
             return None
-        if self._raw.get("step") is not None:  # local raw chunk files: one read a chunk, no zarr
+        if arr is None:  # local raw chunk files: one read a chunk, no zarr
             parts = []
             for i in range(m.n_chunks):
                 part, why = self._read_checked(
@@ -335,8 +339,33 @@ class StoreReader:
         }
 
     # ---------------------------------------------------------------- internals
+    def _open(self, name: str) -> None:
+        """Check array `name` against the manifest on first use (so damaged metadata of one array spares the
+        rest) and settle how it is read: `self._raw[name]`, its raw chunk layout or None (through zarr).
+
+        A local array's zarr.json is read as plain JSON first (store.plainmeta): when it is the writer's plain
+        layout, no zarr array is opened (nor zarr imported) until a read needs one; anything else, and every
+        remote store, is opened through zarr.
+        """
+        if name in self._raw:
+            return
+        root = self._root
+        spec = ARRAY_BY_NAME[name]
+        plain = None if root is None else read_plain(root / name / "zarr.json", spec.dtype)
+        arr: Any = plain if plain is not None else self._array(name)
+        t = self.manifest.table(spec.table)
+        issues = shape_issues(
+            name, tuple(arr.shape), tuple(arr.chunks), arr.dtype, t.dims, t.chunk_rows, t.n_rows
+        )
+        if issues:
+            raise CorruptStoreError(
+                f"{self.path}: array {name!r} disagrees with the manifest ({'; '.join(issues)}); one of "
+                "them is damaged: run `gradmanifold verify`"
+            )
+        self._raw[name] = None if root is None else raw_layout(arr, root / name)
+
     def _array(self, name: str) -> Any:
-        """The zarr array `name`, opened on first use (so damaged metadata of one array spares the rest)."""
+        """The zarr array `name`, opened on first use (unchecked: `_open` checks it against the manifest)."""
         arr = self._arrays.get(name)
         if arr is None:
             try:
@@ -349,14 +378,6 @@ class StoreReader:
                 )
                 why = f"({type(exc).__name__}: {_brief(exc)}); {fix}"
                 raise CorruptStoreError(f"{self.path}: array {name!r} cannot be opened {why}") from None
-            t = self.manifest.table(ARRAY_BY_NAME[name].table)
-            issues = array_issues(arr, name, t.dims, t.chunk_rows, t.n_rows)
-            if issues:
-                raise CorruptStoreError(
-                    f"{self.path}: array {name!r} disagrees with the manifest ({'; '.join(issues)}); one of "
-                    "them is damaged: run `gradmanifold verify`"
-                )
-            self._raw[name] = None if self._root is None else raw_layout(arr, self._root / name)
             self._arrays[name] = arr
         return arr
 
@@ -375,12 +396,13 @@ class StoreReader:
         A raw local chunk file is read straight into numpy (rows from the chunk's first to hi, then a view
         from lo: no copy); other arrays through zarr.
         """
-        arr = self._array(name)
-        raw = self._raw.get(name)
+        self._open(name)
+        raw = self._raw[name]
         if raw is not None:
             first = index * raw.chunk_shape[0]
             rows, why = read_rows(raw.file(index), raw, hi - first)
             return (None, why) if rows is None else (rows[lo - first :], "")
+        arr = self._array(name)  # opened lazily: a plain local array read through zarr only when told to
         if self._known_missing(arr, name, index):
             return None, "missing"  # the writer writes a file for every chunk, even an all-zero one
         try:

@@ -61,7 +61,11 @@ def _commands() -> dict[str, dict[str, tuple[str, bool]]]:
 
 def _kind(p: Any) -> str:
     """The kind of value an option takes, from its annotation (typer may give the type or its name)."""
-    t = getattr(getattr(p, "type_descriptor", None), "annotation", None) or p.bare_type()
+    t = getattr(getattr(p, "type_descriptor", None), "annotation", None)
+    if t is None and hasattr(p, "bare_type"):
+        t = p.bare_type()
+    if t is None:  # typer < 0.29: the click parameter type
+        t = {"integer": "int", "float": "float", "path": "Path"}.get(getattr(p.type, "name", ""), "str")
     name = t if isinstance(t, str) else getattr(t, "__name__", "")
     if t is int or name == "int":
         return "int"

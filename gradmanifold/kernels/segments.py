@@ -1,0 +1,108 @@
+"""Batched projection kernels: every tensor of a recorded step in one call (gradmanifold.hotpath).
+
+The per-tensor sums are the ones of kernels.projection (same super-blocks, same order), so a step projected
+here has the bits of one project_with_norm call per tensor. Both kernels release the GIL.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from gradmanifold.kernels.projection import SPARSE_SUPERBLOCK_TARGET, _sparse_range
+
+
+@numba.njit(cache=True, nogil=True)
+def _sparse_segments(buf, lo, n, base, key, row, m, kshift, ksign, scale, z):  # type: ignore[no-untyped-def]
+    """Project segment j of buf (buf[lo[j]:lo[j] + n[j]], at global index base[j] of the group whose keys
+    are row key[j] of kshift and ksign) into z[row[j]]: z[:k] the scaled projection, z[k] the squares.
+
+    Each segment is summed exactly as _sparse_accumulate sums one tensor (per super-block partials added in
+    index order into zeros), one thread, no GIL: the bits of one project_with_norm call per tensor.
+    """
+    width = z.shape[1]
+    k = width - 1
+    sb = m * max(1, SPARSE_SUPERBLOCK_TARGET // m)
+    tmp = np.zeros(width)
+    part = np.zeros(width)
+    for j in range(lo.size):
+        tmp[:] = 0.0
+        nj = n[j]
+        if nj > 0:
+            x = buf[lo[j] : lo[j] + nj]
+            g0 = base[j]
+            g1 = g0 + nj
+            ks = kshift[key[j]]
+            kn = ksign[key[j]]
+            for q in range(g0 // sb, (g1 - 1) // sb + 1):
+                part[:] = 0.0
+                _sparse_range(x, g0, max(g0, q * sb), min(g1, (q + 1) * sb), m, ks, kn, part)
+                for o in range(width):
+                    tmp[o] += part[o]
+        r = row[j]
+        for o in range(k):
+            z[r, o] = tmp[o] * scale
+        z[r, k] = tmp[k]
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+@numba.njit(cache=True, nogil=True)
+def _combine(z, present, group, proj, sq, count, p32, flags):  # type: ignore[no-untyped-def]
+    """Add tensor rows of z into their groups in tensor order (the order of the per-tensor path), then the
+    stored row: float32 projections (zeros where non-finite or beyond float32) and flags (1: non-finite,
+    2: no tensor of the group had a gradient)."""
+    k = proj.shape[1]
+    for r in range(z.shape[0]):
+        if present[r]:
+            g = group[r]
+            for o in range(k):
+                proj[g, o] += z[r, o]
+            sq[g] += z[r, k]
+            count[g] += 1
+    for g in range(proj.shape[0]):
+        f = 0
+        if count[g] == 0:
+            f |= 2
+        bad = not np.isfinite(sq[g])
+        for o in range(k):
+            if not abs(proj[g, o]) <= _F32_MAX:
+                bad = True
+        if bad:
+            f |= 1
+        for o in range(k):
+            p32[g, o] = 0.0 if bad else np.float32(proj[g, o])
+        flags[g] = f
+
+
+def sparse_segments(
+    buf: np.ndarray,
+    lo: np.ndarray,
+    n: np.ndarray,
+    base: np.ndarray,
+    key: np.ndarray,
+    row: np.ndarray,
+    m: int,
+    kshift: np.ndarray,
+    ksign: np.ndarray,
+    scale: float,
+    z: np.ndarray,
+) -> None:
+    """Sparse kernel over many tensors in one call (int64 segment arrays; kshift, ksign uint64 [groups, s]);
+    z: float64 [tensors, k + 1], rows written, not added. Releases the GIL."""
+    with np.errstate(over="ignore"):
+        _sparse_segments(buf, lo, n, base, key, row, np.int64(m), kshift, ksign, np.float64(scale), z)
+
+
+def combine(
+    z: np.ndarray, present: np.ndarray, group: np.ndarray, sq: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, over present rows in row order: the projection (sum of z[:, :k]) as stored (float32, zeros
+    where non-finite) and the flags; sq [G] receives the squared norms (sum of z[:, k]). Releases the GIL."""
+    g, k = sq.shape[0], z.shape[1] - 1
+    proj = np.zeros((g, k))
+    p32 = np.empty((g, k), np.float32)
+    flags = np.empty(g, np.uint8)
+    _combine(z, present, group, proj, sq, np.zeros(g, np.int64), p32, flags)
+    return p32, flags

@@ -1,0 +1,91 @@
+"""Start-up cost: reading a local store imports neither zarr nor numba.
+
+zarr alone costs ~0.2 s to import, most of `gradmanifold info`; the reader reads a local store's plain array
+metadata (zarr.json) and chunk files itself (store.plainmeta, store.rawchunk). Each case runs in a fresh
+interpreter and reports which of the heavy modules it ended up importing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "sample_logs" / "mlp_digits_adamw.zarr"
+
+_CLI = """
+import json, sys
+HEAVY = ("zarr", "numba")
+from gradmanifold.cli import main
+out, sys.argv = sys.argv[1], ["gradmanifold", *sys.argv[2:]]
+try:
+    main()
+    code = 0
+except SystemExit as exc:
+    code = exc.code if isinstance(exc.code, int) else 1
+with open(out, "w") as f:
+    json.dump({"code": code, "loaded": sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)}, f)
+"""
+
+_ITER = """
+import json, sys
+HEAVY = ("zarr", "numba")
+from gradmanifold.store import open_store
+out, path = sys.argv[1], sys.argv[2]
+r = open_store(path)
+rows = sum(c.n for c in r.iter_chunks())
+with open(out, "w") as f:
+    json.dump({"rows": rows, "n_steps": r.n_steps, "steps": len(r.steps()),
+               "loaded": sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)}, f)
+"""
+
+
+def _run(script: str, tmp_path: Path, *args: str) -> dict[str, object]:
+    out = tmp_path / "out.json"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(out), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    result: dict[str, object] = json.loads(out.read_text())
+    return result
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> Path:
+    """A copy of the sample store (reading never writes, but a test leaves the repository alone)."""
+    if not SAMPLE.is_dir():
+        pytest.skip("no sample store")
+    return Path(shutil.copytree(SAMPLE, tmp_path / "run.zarr"))
+
+
+def test_help_imports_neither_zarr_nor_numba(tmp_path: Path) -> None:
+    got = _run(_CLI, tmp_path, "--help")
+    assert got["code"] == 0
+    assert got["loaded"] == []
+
+
+def test_info_imports_neither_zarr_nor_numba(sample: Path, tmp_path: Path) -> None:
+    got = _run(_CLI, tmp_path, "info", str(sample))
+    assert got["code"] == 0
+    assert got["loaded"] == []
+
+
+def test_reading_a_local_store_imports_neither_zarr_nor_numba(sample: Path, tmp_path: Path) -> None:
+    got = _run(_ITER, tmp_path, str(sample))
+    assert got["rows"] == got["n_steps"] == got["steps"] and got["rows"]
+    assert got["loaded"] == []
