@@ -11,7 +11,8 @@ Same bits as one project_with_norm call per tensor: each tensor is summed in the
 arithmetic, and tensors are added into their group in the order of the step, whichever thread does it.
 
 Bounded: at most `depth` steps wait (record() blocks when they do: it never drops a step and never grows
-without bound), and the copies in flight never exceed max(BYTES_IN_FLIGHT, one step's copies).
+without bound), and the copies waiting stay under max(BYTES_IN_FLIGHT, one step's copies), besides the step
+being copied.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,6 @@ class _Plan:
     size: dict[str, int]  # buffer elements per dtype
     copy: dict[str, list[tuple[int, int, int]]]  # dtype -> (tensor index, lo, hi) in the buffer
     direct: list[int]  # tensors projected on the calling thread
-    free: list[dict[str, np.ndarray]] = field(default_factory=list)  # buffers not in use
 
 
 @dataclass
@@ -62,7 +62,8 @@ class Job:
     present: np.ndarray  # bool [tensors]
     loss: float | None = None
     lr: float | None = None
-    params: dict[str, Any] | None = None  # a copy of the parameters (updates)
+    params: list[tuple[str, Any]] | None = None  # the parameters (updates), copied when owned
+    params_owned: bool = False
     spectra: list[tuple[str, Any]] | None = None  # copies of the matrix layers' gradients (spectra steps)
     nbytes: int = 0
     # filled by the computing part (Recorder._work)
@@ -87,7 +88,9 @@ class StepProjector:
         self.group_names = group_names
         self.where = where
         self._plans: dict[tuple[tuple[str, str, int], ...], _Plan] = {}
-        self._lock = threading.Lock()  # the free lists are shared with the background thread
+        # buffers not in use, shared with the background thread: deque append/pop are atomic, so no lock (a
+        # signal handler that drains the queue while record() is here must not wait on one)
+        self._free: deque[dict[str, np.ndarray]] = deque(maxlen=2)
         if spec.kind == "sparse":
             keys = [_keys(int(spec.seed), g, spec.s) for g in group_names]
             self._kshift = np.stack([kk.kshift for kk in keys]) if keys else np.zeros((0, spec.s), np.uint64)
@@ -101,9 +104,12 @@ class StepProjector:
         if plan is None:
             plan = self._plan(routes, named)
         k = self.spec.k
-        with self._lock:
-            bufs = plan.free.pop() if plan.free else None
-        if bufs is None:
+        try:
+            bufs = self._free.pop()
+        except IndexError:
+            bufs = None
+        if bufs is None or {dt: b.size for dt, b in bufs.items()} != plan.size:
+            # a step of another shape (routes changed): its buffers are dropped, never kept per plan
             bufs = {dt: np.empty(n, np.float32 if dt == "f32" else np.float64) for dt, n in plan.size.items()}
         z = np.zeros((len(named), k + 1))
         present = np.array([r != "none" for _, r, _ in routes], dtype=np.bool_)
@@ -196,9 +202,7 @@ class StepProjector:
                 1.0 / math.sqrt(spec.s),
                 job.z,
             )
-        with self._lock:
-            if len(plan.free) < 2:
-                plan.free.append(job.bufs)
+        self._free.append(job.bufs)  # maxlen 2: an older one is dropped
         job.bufs = {}
         sq = np.zeros(len(self.group_names))
         p32, flags = segments.combine(job.z, job.present, plan.group, sq)
@@ -292,6 +296,7 @@ class Background:
         self.done: deque[Job] = deque()
         self._bytes = 0
         self._busy = False
+        self._stopped = False
         self._error: BaseException | None = None
         self._cond = threading.Condition()
         self.thread = threading.Thread(target=self._loop, name="gradmanifold-record", daemon=True)
@@ -304,15 +309,18 @@ class Background:
             return len(self._jobs) + self._busy
 
     def submit(self, job: Job) -> None:
-        """Queue a job; wait while the queue is full (backpressure)."""
+        """Queue a job; wait while the queue is full (backpressure). A stopped Background drops it."""
         with self._cond:
             while (
                 self._error is None
-                and self._jobs
-                and (len(self._jobs) >= self._depth or self._bytes + job.nbytes > self._max_bytes)
+                and not self._stopped
+                and (
+                    len(self._jobs) >= self._depth
+                    or ((self._jobs or self._busy) and self._bytes + job.nbytes > self._max_bytes)
+                )
             ):
                 self._cond.wait()
-            if self._error is not None:
+            if self._error is not None or self._stopped:
                 return
             self._jobs.append(job)
             self._bytes += job.nbytes
@@ -321,8 +329,8 @@ class Background:
     def drain(self) -> None:
         """Wait until every submitted job is done (or dropped after an error)."""
         with self._cond:
-            while self._jobs or self._busy:
-                self._cond.wait()
+            while (self._jobs or self._busy) and self.thread.is_alive():
+                self._cond.wait(1.0)  # a timeout, so that a thread gone (a forked child) cannot hang this
 
     def take_error(self) -> BaseException | None:
         """The exception that stopped the background work, once (None when there was none)."""
@@ -335,6 +343,9 @@ class Background:
     def stop(self) -> None:
         """Finish the queued jobs and end the thread."""
         with self._cond:
+            if self._stopped:
+                return
+            self._stopped = True
             self._jobs.append(None)
             self._cond.notify_all()
         if self.thread is not threading.current_thread():

@@ -126,6 +126,8 @@ class Recorder:
         self._tracker: UpdateTracker | None = None
         self._last_step: int | None = None
         self._work_last: int | None = None  # the last step the computing part accepted (the tracker's)
+        self._owner: int | None = None  # the thread that records (rows are stored only on it)
+        self._collecting = False
         self._writer: Any = None
         self._layout: _Layout | None = None
         self._failed = False
@@ -153,7 +155,8 @@ class Recorder:
         return self._count(2)
 
     def _count(self, i: int) -> int:
-        if self._bg is not None and not self._closed and os.getpid() == self._pid:
+        mine = self._owner in (None, threading.get_ident())  # another thread reads without storing rows
+        if self._bg is not None and not self._closed and os.getpid() == self._pid and mine:
             self._drain()  # the steps still on the background thread count too
         return self._counts[i]
 
@@ -171,7 +174,8 @@ class Recorder:
         lr: Any = None,
         params: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Project and append this step's gradient; returns False when the step is not recorded.
+        """Project and append this step's gradient; returns False when the step is not recorded (with the
+        background thread, True means accepted: a step found non-finite there is skipped or flagged later).
 
         grads: a torch Module (its parameters' .grad), a mapping name -> array, or one array. loss, lr:
         numbers stored beside. params: with updates, the parameters (same names and sizes as grads) for a
@@ -196,7 +200,10 @@ class Recorder:
         named = _named_tensors(grads)
         if self._layout is None:
             self._open([(n, numel(g)) if g is not None else (n, -1) for n, g in named], named)
-        self._take_background_error()
+        self._owner = threading.get_ident()
+        if self._bg is not None:
+            self._collect()  # rows of earlier steps that the background thread has finished, first
+            self._take_background_error()
         if self._failed:
             return False
         if self._dist is not None:
@@ -212,18 +219,17 @@ class Recorder:
             return self._tail(job)
         if self._writer is None:  # suspended
             self._open_writer(self._layout, "must")  # type: ignore[arg-type]
-        if self._bg is not None:
-            self._collect()  # rows of earlier steps that the background thread has projected
         job = self._hot.snapshot(int(step), named)
         job.loss, job.lr = _scalar(loss), _scalar(lr)
+        later = self._bg is not None  # the optimizer changes parameters in place before the thread runs
         if self._tracker is not None:
             given = _params(grads, params)
             self._tracker.check(given)
-            job.params, nb = copy_tensors(list(given.items()))
-            job.nbytes += nb
+            job.params, nb = copy_tensors(list(given.items())) if later else (list(given.items()), 0)
+            job.params_owned, job.nbytes = later, job.nbytes + nb
         if self.spectra_every and step % self.spectra_every == 0:
-            wanted = {n for n, _ in self._spectra_layers}
-            job.spectra, nb = copy_tensors([(n, g) for n, g in named if n in wanted])
+            wanted = [(n, g) for n, g in named if n in {m for m, _ in self._spectra_layers}]
+            job.spectra, nb = copy_tensors(wanted) if later else (wanted, 0)
             job.nbytes += nb
         if self._bg is not None:
             self._bg.submit(job)
@@ -234,20 +240,22 @@ class Recorder:
     def _work(self, job: Job) -> None:
         """The computing part of a step (on the background thread, or inline with threads=0): projection,
         flags, the update since the previous row, the spectra row. Nothing here touches the store."""
-        job.p32, job.sq, job.flags = self._hot.project(job)
-        if self._check_flags(job):
-            return
-        if self._tracker is not None:
-            if self._work_last is not None and job.step <= self._work_last:
-                self._tracker.reset()  # a rewind: the parameters before this step are not the ones kept
-            job.update, job.update_sq = self._tracker.update(
-                dict(job.params or {}), list(self.group_names), owned=True
-            )
-            job.params = None
-        if job.spectra is not None:
-            job.spectra_row = spectra_row(job.spectra, self._spectra_layers, self.spectra_top, self.spec.seed)
-            job.spectra = None
-        self._work_last = job.step
+        try:
+            job.p32, job.sq, job.flags = self._hot.project(job)
+            if self._check_flags(job):
+                return
+            if self._tracker is not None:
+                if self._work_last is not None and job.step <= self._work_last:
+                    self._tracker.reset()  # a rewind: the parameters before this step are not the ones kept
+                job.update, job.update_sq = self._tracker.update(
+                    dict(job.params or {}), list(self.group_names), owned=job.params_owned
+                )
+            if job.spectra is not None:
+                rows = spectra_row(job.spectra, self._spectra_layers, self.spectra_top, self.spec.seed)
+                job.spectra_row = rows
+            self._work_last = job.step
+        finally:  # a finished step holds no copies (they are counted only while it waits)
+            job.params = job.spectra = None
 
     def _check_flags(self, job: Job) -> bool:
         """Apply the nonfinite policy to a projected step; True when the step is skipped."""
@@ -263,10 +271,20 @@ class Recorder:
         return job.skipped
 
     def _collect(self) -> None:
-        """Append the rows the background thread has finished, in step order (on the calling thread)."""
-        done = self._bg.done
-        while done and not self._failed:
-            self._tail(done.popleft())
+        """Append the rows the background thread has finished, in step order (on the calling thread).
+
+        Not re-entered: a signal handler that flushes or suspends in the middle of it leaves the rows to the
+        outer call, so they are appended in order (a row out of order would rewind the store).
+        """
+        if self._collecting:
+            return
+        self._collecting = True
+        try:
+            done = self._bg.done
+            while done and not self._failed:
+                self._tail(done.popleft())
+        finally:
+            self._collecting = False
 
     def _tail(self, job: Job) -> bool:
         """Store a worked step: the row (or a skip), the spectra row, the commit when one is due."""
@@ -276,6 +294,8 @@ class Recorder:
             self._counts[2] += 1
             return False
         step = job.step
+        if self._writer is None and self._dist is None and not self._failed:  # suspended meanwhile
+            self._open_writer(self._layout, "must")  # type: ignore[arg-type]
         if self._writer is not None:
             kw = {"loss": job.loss, "lr": job.lr, "update": job.update, "update_sqnorm": job.update_sq}
             self._guard(lambda: self._writer.append(step, job.p32, job.sq, job.flags, **kw))
@@ -318,6 +338,10 @@ class Recorder:
 
         if kind not in ("curvature", "glass"):
             raise InputError(f"probe kind must be 'curvature' or 'glass', not {kind!r}")
+        if os.getpid() != self._pid:
+            raise InputError(
+                f"probe: the Recorder for {self.path} belongs to process {self._pid}, not this child"
+            )
         self._drain()
         if self._dist is not None:
             raise InputError(
@@ -346,6 +370,8 @@ class Recorder:
 
     def flush(self) -> None:
         """Commit every buffered row now (after the steps waiting for the background thread)."""
+        if os.getpid() != self._pid:  # a forked copy: the parent owns the store and its buffer
+            return
         self._drain()
         if self._writer is not None and not self._failed and not self._closed:
             self._guard(self._writer.flush)
@@ -415,11 +441,12 @@ class Recorder:
             warnings.warn(f"gradmanifold: could not commit {self.path} at exit: {exc}", stacklevel=1)
 
     def _drain(self) -> None:
-        """Wait for the steps queued on the background thread; raise what stopped it there, if anything."""
-        if self._bg is not None:
+        """Wait for the steps queued on the background thread, store their rows, then raise what stopped the
+        thread, if anything. A forked child has no such thread and owns nothing of the store: it returns."""
+        if self._bg is not None and os.getpid() == self._pid:
             self._bg.drain()
-            self._take_background_error()
             self._collect()
+            self._take_background_error()
 
     def _take_background_error(self) -> None:
         """Hand an exception of the background thread to the caller, under the on_error policy."""

@@ -240,3 +240,70 @@ def test_background_stops_on_the_first_error_and_drops_later_jobs() -> None:
     assert seen == [0, 1], "a stopped background thread took more work"
     bg.stop()
     assert not bg.thread.is_alive()
+
+
+def test_an_error_on_the_background_thread_keeps_the_rows_finished_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "r.zarr"
+    rec = Recorder(path, k=8, threads=1)
+    x = {"w": np.ones(10, np.float32)}
+    rec.record(0, x)
+    real = rec._hot.project
+
+    def fails_at_3(job: Job) -> tuple:
+        if job.step == 3:
+            raise MemoryError("no room for step 3")
+        return real(job)
+
+    monkeypatch.setattr(rec._hot, "project", fails_at_3)
+    for step in (1, 2, 3):
+        rec.record(step, x)
+    with pytest.raises(MemoryError, match="step 3"):
+        rec.flush()
+    assert rec.record(4, x) is False  # stopped
+    rec.close()
+    assert list(_rows(path)["step"]) == [0, 1, 2]
+
+
+def test_suspend_and_skips_with_the_background_thread(tmp_path: Path) -> None:
+    """suspend() stores what the thread had and reopens at the next step; skipped steps are counted."""
+    path = tmp_path / "r.zarr"
+    rec = Recorder(path, k=8, threads=1, nonfinite="skip")
+    good, bad = {"w": np.ones(10, np.float32)}, {"w": np.full(10, np.nan, np.float32)}
+    for step in range(3):
+        assert rec.record(step, good)
+    rec.suspend()
+    assert list(_rows(path)["step"]) == [0, 1, 2]
+    assert rec.record(3, bad)  # accepted; found non-finite on the thread and skipped
+    assert rec.record(4, good)
+    assert (rec.steps_recorded, rec.steps_skipped) == (4, 1)
+    rec.close()
+    r = open_store(path)
+    assert list(r.steps()) == [0, 1, 2, 4]
+    assert [s.status for s in r.manifest.segments] == ["interrupted", "closed"]
+
+
+def test_a_forked_child_neither_hangs_nor_writes(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    path = tmp_path / "r.zarr"
+    rec = Recorder(path, k=8, threads=1)
+    rec.record(0, {"w": np.ones(10, np.float32)})
+    pid = os.fork()
+    if pid == 0:  # the child: flush, counts and close return at once and touch nothing
+        signal.alarm(60)
+        code = 0
+        try:
+            rec.flush()
+            _ = rec.steps_recorded
+            rec.close()
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    rec.record(1, {"w": np.ones(10, np.float32)})
+    rec.close()
+    assert list(_rows(path)["step"]) == [0, 1]

@@ -19,6 +19,7 @@ the platform's libm, so the bits are the same on every machine; see `box_muller3
 from __future__ import annotations
 
 import math
+import threading
 
 import numba
 import numpy as np
@@ -391,6 +392,12 @@ def _sparse_accumulate_one(x, base, m, kshift, ksign, total):  # type: ignore[no
         total[o] += part[o]
 
 
+#: one launch of a parallel kernel at a time in this process: the Recorder's background thread and the
+#: training thread may both project large tensors, and numba's workqueue threading layer aborts the process on
+#: concurrent launches (omp and tbb would only oversubscribe the cores)
+PARALLEL_LAUNCH = threading.Lock()
+
+
 def sparse_accumulate(
     x: np.ndarray, base: int, m: int, kshift: np.ndarray, ksign: np.ndarray, total: np.ndarray
 ) -> None:
@@ -400,12 +407,13 @@ def sparse_accumulate(
         if x.size and base // sb == (base + x.size - 1) // sb:
             _sparse_accumulate_one(x, np.int64(base), np.int64(m), kshift, ksign, total)
         else:
-            _sparse_accumulate(x, np.int64(base), np.int64(m), kshift, ksign, total)
+            with PARALLEL_LAUNCH:
+                _sparse_accumulate(x, np.int64(base), np.int64(m), kshift, ksign, total)
 
 
 def gaussian_accumulate(x: np.ndarray, base: int, kg: int, k: int, total: np.ndarray) -> None:
     """Dense gaussian kernel, entries regenerated from counters (box_muller32 of hashed counters)."""
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"), PARALLEL_LAUNCH:
         _gaussian_accumulate(x, np.int64(base), U64(kg), np.int64(k), total)
 
 
