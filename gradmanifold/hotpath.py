@@ -99,7 +99,7 @@ class StepProjector:
     # ------------------------------------------------------------------ training thread
     def snapshot(self, step: int, named: list[tuple[str, Any]]) -> Job:
         """Copy (or project at once) this step's tensors; the returned Job owns what it needs."""
-        routes = tuple((name, *_route(g)) for name, g in named)
+        routes = _routes(named)
         plan = self._plans.get(routes)
         if plan is None:
             plan = self._plan(routes, named)
@@ -209,9 +209,29 @@ class StepProjector:
         return p32, sq, flags
 
 
+def _routes(named: list[tuple[str, Any]]) -> tuple[tuple[str, str, int], ...]:
+    """(name, route, size) of each tensor: route "f32"/"f64" (copied into the step's buffer), "direct"
+    (projected where it is) or "none" (no gradient this step). Written for the common case, CPU tensors."""
+    torch = sys.modules.get("torch")
+    tensor = torch.Tensor if torch is not None else None
+    f32 = (torch.float32, torch.float16, torch.bfloat16) if torch is not None else ()
+    f64 = torch.float64 if torch is not None else None
+    out = []
+    for name, x in named:
+        if tensor is not None and type(x) is tensor:
+            n = x.numel()
+            if not x.is_cpu or n > BATCH_MAX_ELEMENTS:
+                out.append((name, "direct", n))
+            else:
+                dt = x.dtype
+                out.append((name, "f32" if dt in f32 else "f64" if dt == f64 else "direct", n))
+        else:
+            out.append((name, *_route(x)))
+    return tuple(out)
+
+
 def _route(x: Any) -> tuple[str, int]:
-    """How a tensor travels, and its size: "f32"/"f64" (copied into the step's buffer), "direct" (projected
-    where it is) or "none" (no gradient this step)."""
+    """_routes for one value that is not a plain torch tensor."""
     if x is None:
         return "none", 0
     if isinstance(x, np.ndarray):
@@ -220,14 +240,9 @@ def _route(x: Any) -> tuple[str, int]:
             return "direct", n
         return ("f32" if name in _F32 else "f64" if name == "float64" else "direct"), n
     torch = sys.modules.get("torch")
-    if torch is not None and type(x) in (torch.Tensor, torch.nn.Parameter):
-        n = x.numel()
-        if x.device.type != "cpu" or n > BATCH_MAX_ELEMENTS:
-            return "direct", n
-        dt = x.dtype
-        if dt in (torch.float32, torch.float16, torch.bfloat16):
-            return "f32", n
-        return ("f64" if dt == torch.float64 else "direct"), n
+    if torch is not None and isinstance(x, torch.nn.Parameter):
+        _, route, n = _routes([("", x.detach())])[0]
+        return route, n
     return "direct", numel(x)
 
 

@@ -262,6 +262,10 @@ def module_tensors(model: Any, what: str) -> list[tuple[str, Any]]:
         with contextlib.suppress(TypeError):
             _MODULE_INDEX[model] = index
     prefix = WRAPPER_PREFIXES.get(type(model).__name__, "")
+    if not index and not prefix:  # the common case, once per recorded step: no FSDP1, no wrapper
+        if what == "grad":
+            return [(n, p.grad) for n, p in model.named_parameters() if p.requires_grad]
+        return [(n, p.detach()) for n, p in model.named_parameters() if p.requires_grad]
     this_rank = rank() if index else 0
     out: list[tuple[str, Any]] = []
     for name, p in model.named_parameters():

@@ -305,10 +305,13 @@ class StoreWriter:
         fl = np.zeros(g, np.uint8) if flags is None else np.asarray(flags, np.uint8).reshape(g).copy()
         # The store never holds a non-finite projection: a row that is (or overflows float32 to) NaN/Inf is
         # flagged non-finite and stored as zeros, whoever the caller is.
-        with np.errstate(over="ignore", invalid="ignore"):
-            p32 = proj.astype(np.float32)
-        bad = ~np.isfinite(p32).all(axis=1) | ~np.isfinite(sqnorm)
-        if bad.any():
+        if proj.dtype == np.float32:  # the Recorder's rows: nothing can overflow
+            p32 = proj.copy()
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                p32 = proj.astype(np.float32)
+        if not (np.isfinite(p32).all() and np.isfinite(sqnorm).all()):
+            bad = ~np.isfinite(p32).all(axis=1) | ~np.isfinite(sqnorm)
             p32 = np.where(bad[:, None], np.float32(0), p32)
             fl = fl | np.where(bad, FLAG_NONFINITE, np.uint8(0)).astype(np.uint8)
         main = self._tables[ROWS]
