@@ -39,6 +39,9 @@ from gradmanifold.sharded import project_named
 
 DEFAULT_MAX_GROUPS = 64
 DEFAULT_SPECTRA_TOP = 20
+#: threads="auto": a step whose copies reach this many bytes (1M float32 values, ~0.5 ms of projection on one
+#: core) is projected on the background thread; smaller ones cost less on the training thread
+AUTO_BACKGROUND_BYTES = 4 << 20
 FLAG_NONFINITE = 1
 FLAG_SKIPPED = 2
 
@@ -66,7 +69,7 @@ class Recorder:
         spectra_every: int = 0,
         spectra_top: int = DEFAULT_SPECTRA_TOP,
         updates: bool | Literal["exact", "projected"] = False,
-        threads: int = 1,
+        threads: int | Literal["auto"] = "auto",
         queue_steps: int = 4,
     ) -> None:
         """Open nothing yet: the store is created (or continued) at the first record().
@@ -80,8 +83,10 @@ class Recorder:
         docs/SPECTRA.md). updates: also the parameter update since the previous recorded step, projected, and
         its squared norm ("exact" or True keeps a copy of the parameters; "projected" keeps only their
         projection, norms unknown; docs/UPDATES.md); needs params= in record() unless a Module is recorded.
-        threads: 1 (default) projects and appends on a background thread (record() only copies the step's
-        CPU gradients; gradmanifold.hotpath), 0 on the training thread. Sharded gradients and
+        threads: 1 projects each step on a background thread (record() only copies the step's CPU
+        gradients; gradmanifold.hotpath), 0 on the training thread, "auto" (default) on a background thread
+        for steps that copy at least AUTO_BACKGROUND_BYTES or compute spectra, else on the training thread
+        (a thread costs a small model more than it saves; docs/PERFORMANCE.md). Sharded gradients and
         nonfinite="raise" always record on the training thread. queue_steps: recorded steps that may wait
         for the background thread before record() blocks.
         """
@@ -96,10 +101,11 @@ class Recorder:
             raise InputError(f"on_error must be 'raise' or 'warn', not {on_error!r}")
         if max_groups < 1:
             raise InputError(f"max_groups must be >= 1, not {max_groups}")
-        for name, v, lo, hi in (("threads", threads, 0, 1), ("queue_steps", queue_steps, 1, 1 << 16)):
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or not lo <= v <= hi:
-                raise InputError(f"{name} must be an integer in [{lo}, {hi}], not {v!r}")
-        self.threads = int(threads)
+        if threads != "auto" and (isinstance(threads, bool) or threads not in (0, 1)):
+            raise InputError(f"threads must be 0, 1 or 'auto', not {threads!r}")
+        if isinstance(queue_steps, bool) or not isinstance(queue_steps, int | np.integer) or queue_steps < 1:
+            raise InputError(f"queue_steps must be an integer >= 1, not {queue_steps!r}")
+        self.threads: int | str = threads if threads == "auto" else int(threads)
         self._queue_steps = int(queue_steps)
         self._bg: Any = None  # hotpath.Background when the steps are recorded on a background thread
         self._hot: Any = None  # hotpath.StepProjector
@@ -221,21 +227,38 @@ class Recorder:
             self._open_writer(self._layout, "must")  # type: ignore[arg-type]
         job = self._hot.snapshot(int(step), named)
         job.loss, job.lr = _scalar(loss), _scalar(lr)
-        later = self._bg is not None  # the optimizer changes parameters in place before the thread runs
+        spectra_step = bool(self.spectra_every) and step % self.spectra_every == 0
+        later = self._use_background(job.nbytes, spectra_step)  # then parameters must be copied: the
+        # optimizer changes them in place before the thread runs
         if self._tracker is not None:
             given = _params(grads, params)
             self._tracker.check(given)
             job.params, nb = copy_tensors(list(given.items())) if later else (list(given.items()), 0)
             job.params_owned, job.nbytes = later, job.nbytes + nb
-        if self.spectra_every and step % self.spectra_every == 0:
+        if spectra_step:
             wanted = [(n, g) for n, g in named if n in {m for m, _ in self._spectra_layers}]
             job.spectra, nb = copy_tensors(wanted) if later else (wanted, 0)
             job.nbytes += nb
-        if self._bg is not None:
+        if later:
             self._bg.submit(job)
             return True
         self._work(job)
         return self._tail(job)
+
+    def _use_background(self, nbytes: int, spectra_step: bool) -> bool:
+        """Whether this step goes to the background thread (started here, the first time "auto" wants it).
+
+        Steps keep their order: while earlier steps wait for the thread, the next ones queue behind them.
+        """
+        if self._bg is not None and (self.threads == 1 or self._bg.pending):
+            return True
+        if self.threads != "auto" or self.nonfinite == "raise":
+            return False
+        if nbytes < AUTO_BACKGROUND_BYTES and not spectra_step:
+            return False
+        if self._bg is None:
+            self._bg = Background(self._work, self._queue_steps)
+        return True
 
     def _work(self, job: Job) -> None:
         """The computing part of a step (on the background thread, or inline with threads=0): projection,
@@ -513,7 +536,7 @@ class Recorder:
             self._tracker.plain = self._dist is None or self._dist.rank == 0
         if self._dist is None:
             self._hot = StepProjector(self.spec, [g for g, _ in layout.groups], self._where)
-            if self.threads and self.nonfinite != "raise":
+            if self.threads == 1 and self.nonfinite != "raise":
                 self._bg = Background(self._work, self._queue_steps)
 
     def _open_writer(self, layout: _Layout, resume: str) -> None:

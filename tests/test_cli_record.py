@@ -94,8 +94,8 @@ def test_a_bad_dump_is_one_line_naming_the_file(tmp_path: Path) -> None:
         (["--synthetic", "white-noise", "--follow"], "go with --from"),
         (["--from", "/nonexistent/dumps"], "/nonexistent/dumps does not exist"),
         (["--", "/nonexistent/python"], "cannot run '/nonexistent/python'"),
-        (["--synthetic", "white-noise", "--threads", "2"], "--threads must be 0 (record on the training"),
-        (["--synthetic", "white-noise", "--threads", "-1"], "--threads must be 0"),
+        (["--synthetic", "white-noise", "--threads", "2"], "--threads must be auto, 0 (record on"),
+        (["--synthetic", "white-noise", "--threads", "many"], "--threads must be auto, 0"),
     ],
 )
 def test_bad_usage_is_one_line_and_exit_2(tmp_path: Path, args: list[str], words: str) -> None:

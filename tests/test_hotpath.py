@@ -207,10 +207,11 @@ def test_input_errors_stay_on_the_training_thread(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kw", "msg"),
     [
-        ({"threads": 2}, "threads must be an integer in \\[0, 1\\]"),
+        ({"threads": 2}, "threads must be 0, 1 or 'auto'"),
         ({"threads": -1}, "threads must be"),
         ({"threads": True}, "threads must be"),
-        ({"queue_steps": 0}, "queue_steps must be an integer in \\[1,"),
+        ({"threads": "yes"}, "threads must be"),
+        ({"queue_steps": 0}, "queue_steps must be an integer >= 1"),
         ({"queue_steps": 1.5}, "queue_steps must be"),
     ],
 )
@@ -307,3 +308,30 @@ def test_a_forked_child_neither_hangs_nor_writes(tmp_path: Path) -> None:
     rec.record(1, {"w": np.ones(10, np.float32)})
     rec.close()
     assert list(_rows(path)["step"]) == [0, 1]
+
+
+def test_auto_records_small_steps_inline_and_large_ones_on_the_thread(tmp_path: Path) -> None:
+    """threads="auto" (the default) starts no thread for a small model; a step that copies more than
+    AUTO_BACKGROUND_BYTES starts it, and the store is the same as with threads=0."""
+    from gradmanifold.record import AUTO_BACKGROUND_BYTES
+
+    rng = np.random.default_rng(1)
+    small = {"w": rng.standard_normal(100).astype(np.float32)}
+    rec = Recorder(tmp_path / "s.zarr", k=8)
+    assert rec.threads == "auto"
+    rec.record(0, small)
+    assert rec._bg is None
+    rec.close()
+    n = AUTO_BACKGROUND_BYTES // 4 + 1
+    big = [{"w": rng.standard_normal(n).astype(np.float32)} for _ in range(3)]
+    stores = {}
+    for threads in ("auto", 0):
+        path = tmp_path / f"{threads}.zarr"
+        rec = Recorder(path, k=16, threads=threads)
+        for step, x in enumerate(big):
+            rec.record(step, x)
+        assert (rec._bg is not None) == (threads == "auto")
+        rec.close()
+        stores[threads] = _rows(path)
+    for key in ("step", "proj", "sqnorm", "flags"):
+        np.testing.assert_array_equal(stores["auto"][key], stores[0][key])

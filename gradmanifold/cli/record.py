@@ -86,12 +86,12 @@ def record(
         ),
     ] = False,
     threads: Annotated[
-        int,
+        str,
         typer.Option(
             "--threads",
-            help="1: project and check each step on a background thread; 0: on the training thread.",
+            help="auto: a background thread for large steps; 1: for every step; 0: the training thread.",
         ),
-    ] = 1,
+    ] = "auto",
     json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Record projected gradients into a store, from a wrapped job, from dump files, or a synthetic task.

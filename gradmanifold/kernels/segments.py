@@ -91,7 +91,7 @@ def sparse_segments(
 ) -> None:
     """Sparse kernel over many tensors in one call (int64 segment arrays; kshift, ksign uint64 [groups, s]);
     z: float64 [tensors, k + 1], rows written, not added. Releases the GIL."""
-    if numba.config.DISABLE_JIT:  # the uint64 wrap-around of the hash warns only when run as Python
+    if getattr(numba.config, "DISABLE_JIT", False):  # the uint64 hash wraps around: warns only as Python
         with np.errstate(over="ignore"):
             _sparse_segments(buf, lo, n, base, key, row, np.int64(m), kshift, ksign, np.float64(scale), z)
         return

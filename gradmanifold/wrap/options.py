@@ -16,7 +16,7 @@ environment variables, set by the parent (a job can also set them itself and put
     GRADMANIFOLD_RECORD_SPECTRA_EVERY   layer spectra every N steps (0: off)
     GRADMANIFOLD_RECORD_SPECTRA_TOP     singular values kept per layer (20)
     GRADMANIFOLD_RECORD_UPDATES   parameter updates: exact | projected (unset: off)
-    GRADMANIFOLD_RECORD_THREADS   1: project on a background thread, 0: on the training thread (1)
+    GRADMANIFOLD_RECORD_THREADS   auto | 1 (a background thread) | 0 (the training thread) (auto)
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class RecordOptions:
     spectra_every: int = 0
     spectra_top: int = 20
     updates: str | None = None
-    threads: int = 1
+    threads: str = "auto"
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -82,10 +82,10 @@ class RecordOptions:
             raise UsageError(f"--spectra-top must be at least 1, not {self.spectra_top}")
         if self.updates not in (None, "exact", "projected"):
             raise UsageError(f"updates must be exact or projected, not {self.updates!r}")
-        if self.threads not in (0, 1):
+        if str(self.threads) not in ("auto", "0", "1"):
             raise UsageError(
-                f"--threads must be 0 (record on the training thread) or 1 (a background thread), "
-                f"not {self.threads}"
+                "--threads must be auto, 0 (record on the training thread) or 1 (a background thread), "
+                f"not {self.threads!r}"
             )
         if self.resume not in ("allow", "must", "never"):
             raise UsageError(f"--resume must be allow, must or never, not {self.resume!r}")
@@ -108,7 +108,7 @@ class RecordOptions:
             spectra_every=self.spectra_every,
             spectra_top=self.spectra_top,
             updates=self.updates or False,  # type: ignore[arg-type]
-            threads=self.threads,
+            threads="auto" if str(self.threads) == "auto" else int(self.threads),
             **extra,
         )
 
@@ -134,7 +134,6 @@ class RecordOptions:
             ("flush_interval", float),
             ("spectra_every", int),
             ("spectra_top", int),
-            ("threads", int),
         )
         for name, conv in convs:
             text = raw[name]
@@ -145,7 +144,7 @@ class RecordOptions:
                     raise UsageError(
                         f"{ENV_PREFIX}{_ENV_FIELDS[name]}={raw[name]!r} is not a number"
                     ) from None
-        for name in ("kind", "groups", "resume", "updates"):
+        for name in ("kind", "groups", "resume", "updates", "threads"):
             if raw[name]:
                 kw[name] = raw[name]
         return cls(**kw)
