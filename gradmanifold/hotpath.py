@@ -17,9 +17,12 @@ being copied.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from gradmanifold.errors import InputError
-from gradmanifold.passive import numel
+from gradmanifold.errors import InputError, NonFiniteGradientError, StoreWriteError
+from gradmanifold.passive import numel, spectra_row
 from gradmanifold.projection import ProjectionSpec, _keys
 from gradmanifold.sharded import project_local
 
@@ -36,6 +39,10 @@ from gradmanifold.sharded import project_local
 BATCH_MAX_ELEMENTS = 1 << 22
 #: bytes of copies (gradients, parameters, spectra layers) that may wait for the background thread
 BYTES_IN_FLIGHT = 256 << 20
+#: threads="auto": a step whose copies reach this many bytes (1M float32 values, ~0.5 ms of projection on one
+#: core) is projected on the background thread; smaller ones cost less on the training thread
+AUTO_BACKGROUND_BYTES = 4 << 20
+FLAG_NONFINITE = 1
 _F32 = ("float32", "float16", "bfloat16")
 
 
@@ -395,3 +402,119 @@ class Background:
 
 class _Stopped(Exception):
     """Marks a Background whose error was handed over: it takes no more work."""
+
+
+class StepPipeline:
+    """The Recorder's side of the hot path: where a step is computed (here or on the background thread),
+    the computing part itself, and handing finished rows and errors back to the training thread."""
+
+    # the Recorder's state these methods use (set in Recorder.__init__ and at the first step)
+    _bg: Any
+    _hot: Any
+    _tracker: Any
+    _layout: Any
+    _writer: Any
+    _pid: int
+    _queue_steps: int
+    _work_last: int | None
+    _collecting: bool
+    _failed: bool
+    threads: int | str
+    nonfinite: str
+    on_error: str
+    spectra_top: int
+    spec: ProjectionSpec
+    _spectra_layers: list[tuple[str, tuple[int, int]]]
+    _tail: Callable[[Job], bool]
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        raise NotImplementedError  # the Recorder's
+
+    def _use_background(self, nbytes: int, spectra_step: bool) -> bool:
+        """Whether this step goes to the background thread (started here, the first time "auto" wants it).
+
+        Steps keep their order: while earlier steps wait for the thread, the next ones queue behind them.
+        """
+        if self._bg is not None and (self.threads == 1 or self._bg.pending):
+            return True
+        if self.threads != "auto" or self.nonfinite == "raise":
+            return False
+        if nbytes < AUTO_BACKGROUND_BYTES and not spectra_step:
+            return False
+        if self._bg is None:
+            self._bg = Background(self._work, self._queue_steps)
+        return True
+
+    def _work(self, job: Job) -> None:
+        """The computing part of a step (on the background thread, or inline with threads=0): projection,
+        flags, the update since the previous row, the spectra row. Nothing here touches the store."""
+        try:
+            job.p32, job.sq, job.flags = self._hot.project(job)
+            if self._check_flags(job):
+                return
+            if self._tracker is not None:
+                if self._work_last is not None and job.step <= self._work_last:
+                    self._tracker.reset()  # a rewind: the parameters before this step are not the ones kept
+                job.update, job.update_sq = self._tracker.update(
+                    dict(job.params or {}), list(self.group_names), owned=job.params_owned
+                )
+            if job.spectra is not None:
+                rows = spectra_row(job.spectra, self._spectra_layers, self.spectra_top, self.spec.seed)
+                job.spectra_row = rows
+            self._work_last = job.step
+        finally:  # a finished step holds no copies (they are counted only while it waits)
+            job.params = job.spectra = None
+
+    def _check_flags(self, job: Job) -> bool:
+        """Apply the nonfinite policy to a projected step; True when the step is skipped."""
+        groups = self._layout.groups
+        flags = job.flags if job.flags is not None else np.zeros(len(groups), np.uint8)
+        bad = [g for (g, _), f in zip(groups, flags, strict=True) if f & FLAG_NONFINITE]
+        if bad and self.nonfinite == "raise":
+            raise NonFiniteGradientError(
+                f"step {job.step}: non-finite gradient in group(s) {', '.join(bad[:5])}"
+                f"{' ...' if len(bad) > 5 else ''}; nothing recorded for this step"
+            )
+        job.skipped = bool(bad) and self.nonfinite == "skip"
+        return job.skipped
+
+    def _collect(self) -> None:
+        """Append the rows the background thread has finished, in step order (on the calling thread).
+
+        Not re-entered: a signal handler that flushes or suspends in the middle of it leaves the rows to the
+        outer call, so they are appended in order (a row out of order would rewind the store).
+        """
+        if self._collecting:
+            return
+        self._collecting = True
+        try:
+            done = self._bg.done
+            while done and not self._failed:
+                self._tail(done.popleft())
+        finally:
+            self._collecting = False
+
+    def _drain(self) -> None:
+        """Wait for the steps queued on the background thread, store their rows, then raise what stopped the
+        thread, if anything. A forked child has no such thread and owns nothing of the store: it returns."""
+        if self._bg is not None and os.getpid() == self._pid:
+            self._bg.drain()
+            self._collect()
+            self._take_background_error()
+
+    def _take_background_error(self) -> None:
+        """Hand an exception of the background thread to the caller, under the on_error policy."""
+        err = self._bg.take_error() if self._bg is not None else None
+        if err is None:
+            return
+        self._failed = True
+        if isinstance(err, StoreWriteError) and self.on_error == "warn":
+            if self._writer is not None:
+                self._writer.abandon()
+            warnings.warn(f"gradmanifold: recording stopped, training goes on: {err}", RuntimeWarning, 3)
+            return
+        if self._writer is not None:  # commit what was recorded before, and release the lock
+            with contextlib.suppress(Exception):
+                self._writer.close(status="failed")
+        raise err
