@@ -6,8 +6,9 @@ step) and the tiny char transformer (110k parameters). Each runs plain and wrapp
 compared. Two ratios: the training loop alone (the script's own timer: what recording costs per step) and the
 whole process (start-up included: torch import, the start-up hook, the store's commit at exit).
 
-Then, in this process, the per-step cost split: the training step itself, the recorder's projection of every
-tensor (project_with_norm), and the rest of Recorder.record (layout, buffering, commits); `steady_ratio` is
+Then, in this process, the per-step cost split: the training step itself, Recorder.record, and of it the
+projection kernel (one call for all tensors of a step) and the rest (reading and copying the gradients, the
+row, commits); `steady_ratio` is
 the loop ratio that per-step cost alone gives, and `unexplained_s` what the wrapped loop lost beyond it (the
 first step: store creation, module scan, and whatever of the start-up warm-up had not finished).
 """
@@ -78,27 +79,31 @@ def breakdown(name: str, tmp: Path) -> dict[str, Any]:
     import torch
 
     from gradmanifold import Recorder
-    from gradmanifold.projection import ProjectionSpec, project_with_norm
+    from gradmanifold.kernels import segments
 
     sys.path.insert(0, str(SAMPLES))
     torch.set_num_threads(1)
-    spec = ProjectionSpec(k=256)
+    from gradmanifold.hotpath import warm_up
+
+    warm_up()  # as wrap mode's warm-up thread does before the first step
     timings = {"record": 0.0, "project": 0.0}
     rec = Recorder(tmp / f"{name}-breakdown.zarr", k=256)
     steps = 0
+    kernel = segments.sparse_segments
+
+    def timed_kernel(*a: Any) -> None:  # the one projection call of a step (threads="auto": inline here)
+        t = time.perf_counter()
+        kernel(*a)
+        timings["project"] += time.perf_counter() - t
 
     def on_step(step: int, model: Any, loss: float, lr: float) -> None:
         nonlocal steps
-        named = [(n, p.grad) for n, p in model.named_parameters()]
-        t0 = time.perf_counter()
-        for n, g in named:
-            project_with_norm(g, spec, n)
         t1 = time.perf_counter()
         rec.record(step, model, loss=loss, lr=lr)
-        t2 = time.perf_counter()
-        timings["project"] += t1 - t0
-        timings["record"] += t2 - t1
+        timings["record"] += time.perf_counter() - t1
         steps += 1
+
+    segments.sparse_segments = timed_kernel  # type: ignore[assignment]
 
     if name == "mlp_digits_adamw":
         from train_digits import train
@@ -113,6 +118,7 @@ def breakdown(name: str, tmp: Path) -> dict[str, Any]:
         total = train_chars(60, 0, on_step=on_step)["train_seconds"]
         n_tensors = sum(1 for _ in torch.nn.Module.parameters(_chars_model()))
     rec.close()
+    segments.sparse_segments = kernel  # type: ignore[assignment]
     us = 1e6 / steps
     record_us = timings["record"] * us
     project_us = timings["project"] * us

@@ -335,3 +335,13 @@ def test_auto_records_small_steps_inline_and_large_ones_on_the_thread(tmp_path: 
         stores[threads] = _rows(path)
     for key in ("step", "proj", "sqnorm", "flags"):
         np.testing.assert_array_equal(stores["auto"][key], stores[0][key])
+
+
+def test_warm_up_loads_the_batched_kernels_for_both_dtypes() -> None:
+    from gradmanifold.hotpath import warm_up
+    from gradmanifold.kernels import segments
+
+    warm_up()
+    dtypes = {str(sig[0].dtype) for sig in segments._sparse_segments.signatures}
+    assert {"float32", "float64"} <= dtypes
+    assert segments._combine.signatures

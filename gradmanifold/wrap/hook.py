@@ -294,11 +294,13 @@ def _warm_up() -> None:
         import numpy as np
 
         import gradmanifold.record
-        import gradmanifold.store  # noqa: F401  (zarr)
+        import gradmanifold.store.writer  # noqa: F401  (zarr)
+        from gradmanifold.hotpath import warm_up
         from gradmanifold.projection import ProjectionSpec, project_with_norm
 
         for dtype in (np.float32, np.float64):
             project_with_norm(np.ones(4, dtype), ProjectionSpec(k=8), "warm-up")
+        warm_up()
     except Exception:  # the first step will report the problem, in the main thread
         pass
 
