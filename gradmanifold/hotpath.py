@@ -42,7 +42,7 @@ BYTES_IN_FLIGHT = 256 << 20
 #: threads="auto": a step whose copies reach this many bytes (1M float32 values, ~0.5 ms of projection on one
 #: core) is projected on the background thread; smaller ones cost less on the training thread
 AUTO_BACKGROUND_BYTES = 4 << 20
-FLAG_NONFINITE = 1
+FLAG_NONFINITE = 1  # a row flag: the group's gradient was not finite (store.FLAG_NONFINITE)
 _F32 = ("float32", "float16", "bfloat16")
 
 

@@ -32,8 +32,9 @@ from gradmanifold.groups import (  # noqa: F401  (GroupsArg, SINGLE_GROUP, OTHER
     _params,
     _scalar,
 )
-from gradmanifold.hotpath import (  # noqa: F401  (AUTO_BACKGROUND_BYTES: a public name)
+from gradmanifold.hotpath import (  # noqa: F401  (AUTO_BACKGROUND_BYTES, FLAG_NONFINITE: public names)
     AUTO_BACKGROUND_BYTES,
+    FLAG_NONFINITE,
     Background,
     Job,
     StepPipeline,
@@ -47,7 +48,6 @@ from gradmanifold.sharded import project_named
 
 DEFAULT_MAX_GROUPS = 64
 DEFAULT_SPECTRA_TOP = 20
-FLAG_NONFINITE = 1
 FLAG_SKIPPED = 2
 
 
