@@ -22,7 +22,6 @@ import math
 import os
 import sys
 import threading
-import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from gradmanifold.errors import InputError, NonFiniteGradientError, StoreWriteError
-from gradmanifold.passive import numel, spectra_row
+from gradmanifold.errors import NonFiniteGradientError
+from gradmanifold.passive import copy_value, numel, spectra_row
 from gradmanifold.projection import ProjectionSpec, _keys
-from gradmanifold.sharded import project_local
+from gradmanifold.sharded import member_of, project_local
 
 #: CPU tensors up to this many elements are copied into the step's buffer; larger ones are projected at once
 BATCH_MAX_ELEMENTS = 1 << 22
@@ -138,21 +137,10 @@ class StepProjector:
         size = {"f32": 0, "f64": 0}
         direct = []
         for i, (name, route, n) in enumerate(routes):
-            where = self.where.get(name)
-            if where is None:
-                raise InputError(
-                    f"gradient {name!r} is not in the recorded layout ({len(self.where)} tensors known); "
-                    "the set of recorded tensors must stay the same from step to step"
-                )
-            gi, member = where
+            gi, member = member_of(self.where, name, None if route == "none" else n)
             group[i] = gi
             if route == "none":
                 continue
-            if n != member.size:
-                raise InputError(
-                    f"gradient {name!r} has {n} elements, but {member.size} were recorded before; "
-                    "a group's shape cannot change within a store"
-                )
             if route == "direct":
                 direct.append(i)
                 continue
@@ -286,15 +274,6 @@ def _fill(buf: np.ndarray, items: list[tuple[Any, int, int]]) -> None:
             buf[lo:hi] = np.asarray(x).reshape(-1)
 
 
-def finish_row(proj: np.ndarray, sqnorm: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The stored row of summed float64 projections (a sharded step): float32 projections, zeros where the
-    group is non-finite or beyond float32's range, and flags (1: non-finite, 2: no tensor present)."""
-    flags = np.where(present == 0, np.uint8(2), np.uint8(0)).astype(np.uint8)
-    bad = ~np.isfinite(sqnorm) | ~(np.abs(proj) <= float(np.finfo(np.float32).max)).all(axis=1)
-    flags[bad] |= 1
-    return np.where(bad[:, None], 0.0, proj).astype(np.float32), flags
-
-
 def copy_tensors(named: list[tuple[str, Any]]) -> tuple[list[tuple[str, Any]], int]:
     """Copies of tensors that the training loop will change in place (parameters), and their bytes."""
     out: list[tuple[str, Any]] = []
@@ -303,12 +282,8 @@ def copy_tensors(named: list[tuple[str, Any]]) -> tuple[list[tuple[str, Any]], i
         if x is None:
             out.append((name, None))
             continue
-        if hasattr(x, "detach") and hasattr(x, "clone"):
-            c = x.detach().clone()
-            nbytes += int(c.numel()) * int(c.element_size())
-        else:
-            c = np.array(x, copy=True)
-            nbytes += int(c.nbytes)
+        c = copy_value(x)
+        nbytes += int(c.numel()) * int(c.element_size()) if hasattr(c, "element_size") else int(c.nbytes)
         out.append((name, c))
     return out, nbytes
 
@@ -518,16 +493,12 @@ class StepPipeline:
             self._take_background_error()
 
     def _take_background_error(self) -> None:
-        """Hand an exception of the background thread to the caller, under the on_error policy."""
+        """Raise an exception of the background thread on the caller's thread, after committing what was
+        recorded before it."""
         err = self._bg.take_error() if self._bg is not None else None
         if err is None:
             return
-        self._failed = True
-        if isinstance(err, StoreWriteError) and self.on_error == "warn":
-            if self._writer is not None:
-                self._writer.abandon()
-            warnings.warn(f"gradmanifold: recording stopped, training goes on: {err}", RuntimeWarning, 3)
-            return
+        self._failed = True  # the thread never writes: its errors are not the store's, on_error aside
         if self._writer is not None:  # commit what was recorded before, and release the lock
             with contextlib.suppress(Exception):
                 self._writer.close(status="failed")

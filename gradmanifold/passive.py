@@ -77,7 +77,8 @@ def spectra_row(
     return {"spectra_sigma": sigma, "spectra_frob_sq": frob}
 
 
-def _copy(x: Any) -> Any:
+def copy_value(x: Any) -> Any:
+    """A copy of a tensor or array that nothing else changes (a torch tensor stays where it is)."""
     if hasattr(x, "detach") and hasattr(x, "clone"):
         return x.detach().clone()
     return np.array(x, copy=True)
@@ -163,7 +164,7 @@ class UpdateTracker:
             if prev is None:
                 return None, None
             return proj - prev, np.full(self.groups, np.nan)
-        kept = dict(params) if owned else {name: _copy(p) for name, p in params.items()}
+        kept = dict(params) if owned else {name: copy_value(p) for name, p in params.items()}
         prev_params, self._next = self._prev, (kept, None)
         if keep:
             self.accept()

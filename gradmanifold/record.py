@@ -40,7 +40,6 @@ from gradmanifold.hotpath import (  # noqa: F401  (AUTO_BACKGROUND_BYTES, FLAG_N
     StepPipeline,
     StepProjector,
     copy_tensors,
-    finish_row,
 )
 from gradmanifold.passive import UpdateTracker, matrix_layers, numel
 from gradmanifold.projection import ProjectionSpec
@@ -222,7 +221,9 @@ class Recorder(StepPipeline):
             if got is None:
                 return False
             job = Job(int(step), None, {}, np.zeros((0, 0)), np.zeros(0, np.bool_))  # type: ignore[arg-type]
-            job.p32, job.flags = finish_row(got[0], got[1], got[2])
+            from gradmanifold.kernels.segments import finish
+
+            job.p32, job.flags = finish(got[0], got[1], got[2])
             job.sq, job.update, job.update_sq = got[1], got[3], got[4]
             job.loss, job.lr = _scalar(loss), _scalar(lr)
             if not self._check_flags(job) and self._tracker is not None:

@@ -304,6 +304,23 @@ def project_local(
     return z, q
 
 
+def member_of(where: Mapping[str, tuple[int, Any]], name: str, n: int | None) -> tuple[int, Any]:
+    """(group index, member) of a recorded tensor; InputError for a tensor not in the layout or, given its
+    size n, one whose size changed."""
+    got = where.get(name)
+    if got is None:
+        raise InputError(
+            f"gradient {name!r} is not in the recorded layout ({len(where)} tensors known); "
+            "the set of recorded tensors must stay the same from step to step"
+        )
+    if n is not None and n != got[1].size:
+        raise InputError(
+            f"gradient {name!r} has {n} elements, but {got[1].size} were recorded before; "
+            "a group's shape cannot change within a store"
+        )
+    return got
+
+
 def project_named(
     named: Sequence[tuple[str, Any]],
     spec: ProjectionSpec,
@@ -319,20 +336,11 @@ def project_named(
     g = len(group_names)
     proj, sqnorm, present = np.zeros((g, spec.k)), np.zeros(g), np.zeros(g, np.int64)
     for name, grad in named:
-        if name not in where:
-            raise InputError(
-                f"gradient {name!r} is not in the recorded layout ({len(where)} tensors known); "
-                "the set of recorded tensors must stay the same from step to step"
-            )
         if grad is None:
+            member_of(where, name, None)
             continue
-        gi, member = where[name]
         n = int(grad.numel()) if callable(getattr(grad, "numel", None)) else int(np.size(grad))
-        if n != member.size:
-            raise InputError(
-                f"gradient {name!r} has {n} elements, but {member.size} were recorded before; "
-                "a group's shape cannot change within a store"
-            )
+        gi, member = member_of(where, name, n)
         z, q = project_local(grad, spec, group_names[gi], member.offset, plain)
         proj[gi] += z
         sqnorm[gi] += q

@@ -61,6 +61,14 @@ def _combine(z, present, group, proj, sq, count, p32, flags):  # type: ignore[no
                 proj[g, o] += z[r, o]
             sq[g] += z[r, k]
             count[g] += 1
+    _finish(proj, sq, count, p32, flags)
+
+
+@numba.njit(cache=True, nogil=True)
+def _finish(proj, sq, count, p32, flags):  # type: ignore[no-untyped-def]
+    """The stored row of summed projections: float32, zeros where a group is non-finite or beyond float32's
+    range (flag 1), and flag 2 where no tensor of the group had a gradient."""
+    k = proj.shape[1]
     for g in range(proj.shape[0]):
         f = 0
         if count[g] == 0:
@@ -74,6 +82,21 @@ def _combine(z, present, group, proj, sq, count, p32, flags):  # type: ignore[no
         for o in range(k):
             p32[g, o] = 0.0 if bad else np.float32(proj[g, o])
         flags[g] = f
+
+
+def finish(proj: np.ndarray, sq: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 row, flags) of summed float64 projections [G, k], squared norms [G] and tensors present [G]
+    (a sharded step, whose sums come from an all-reduce)."""
+    p32 = np.empty(proj.shape, np.float32)
+    flags = np.empty(proj.shape[0], np.uint8)
+    _finish(
+        np.ascontiguousarray(proj, np.float64),
+        np.asarray(sq, np.float64),
+        np.asarray(count, np.int64),
+        p32,
+        flags,
+    )
+    return p32, flags
 
 
 def sparse_segments(
