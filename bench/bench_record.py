@@ -89,12 +89,13 @@ def breakdown(name: str, tmp: Path) -> dict[str, Any]:
     timings = {"record": 0.0, "project": 0.0}
     rec = Recorder(tmp / f"{name}-breakdown.zarr", k=256)
     steps = 0
-    kernel = segments.sparse_segments
+    kernel = segments.sparse_step
 
-    def timed_kernel(*a: Any) -> None:  # the one projection call of a step (threads="auto": inline here)
+    def timed_kernel(*a: Any) -> Any:  # the one projection call of a step (threads="auto": inline here)
         t = time.perf_counter()
-        kernel(*a)
+        out = kernel(*a)
         timings["project"] += time.perf_counter() - t
+        return out
 
     def on_step(step: int, model: Any, loss: float, lr: float) -> None:
         nonlocal steps
@@ -103,7 +104,7 @@ def breakdown(name: str, tmp: Path) -> dict[str, Any]:
         timings["record"] += time.perf_counter() - t1
         steps += 1
 
-    segments.sparse_segments = timed_kernel  # type: ignore[assignment]
+    segments.sparse_step = timed_kernel  # type: ignore[assignment]
 
     if name == "mlp_digits_adamw":
         from train_digits import train
@@ -118,7 +119,7 @@ def breakdown(name: str, tmp: Path) -> dict[str, Any]:
         total = train_chars(60, 0, on_step=on_step)["train_seconds"]
         n_tensors = sum(1 for _ in torch.nn.Module.parameters(_chars_model()))
     rec.close()
-    segments.sparse_segments = kernel  # type: ignore[assignment]
+    segments.sparse_step = kernel  # type: ignore[assignment]
     us = 1e6 / steps
     record_us = timings["record"] * us
     project_us = timings["project"] * us

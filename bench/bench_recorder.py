@@ -1,8 +1,10 @@
 """Recorder overhead: a torch CPU training loop with and without recording every step, as a ratio.
 
 In one run, interleaved (this machine is noisy: only ratios measured together mean anything):
-- loop: the digits MLP (85k parameters, 6 tensors) and a wide MLP (2.2M), plain, recorded on the training
-  thread (threads=0) and recorded with the background thread (threads=1, the default); ratio to plain;
+- loop: the digits MLP (85k parameters, 6 tensors, 1000 steps) and a wide MLP (2.2M, 200 steps), plain,
+  recorded on the training thread (threads=0, what "auto" picks for the MLP) and with the background thread
+  (threads=1, what it picks for the wide one); the ratio to plain of the whole loop (the store's creation at
+  the first record() and its close included: "open_close_ms") and of the steps after the first (steady);
 - per step: the time record() holds the training thread (threads=1), and the time a step costs outside the
   projection kernel (threads=0: record() minus the kernel call itself, measured on the same step);
 - per tensor: the marginal cost of one more tensor in a step (64 tiny tensors against 1, threads=0), beside
@@ -20,7 +22,7 @@ import numpy as np
 
 from bench._common import print_table, write_json
 
-STEPS = 200
+STEPS = {"mlp": 1000, "wide": 200}  # ~3 s a run each
 TRIALS = 3
 
 
@@ -45,8 +47,10 @@ def _model(kind: str) -> Any:
     )
 
 
-def _loop(kind: str, record_to: Path | None, threads: int = 1, k: int = 256) -> tuple[float, int, float]:
-    """(wall seconds of STEPS steps, parameters, seconds spent inside record())."""
+def _loop(kind: str, record_to: Path | None, threads: int = 1, k: int = 256) -> dict[str, float]:
+    """Seconds of STEPS[kind] steps: "wall" (everything, the store's creation at the first record() and its
+    close included), "steady" (steps after the first, close excluded), "fixed" (the first record() call and
+    close()), "inside" (time spent inside record()), and "params"."""
     import torch
     from sklearn.datasets import load_digits
 
@@ -61,9 +65,10 @@ def _loop(kind: str, record_to: Path | None, threads: int = 1, k: int = 256) -> 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     rec: Any = Recorder(record_to, k=k, seed=0, threads=threads) if record_to is not None else None
     batch = 256
-    in_record = 0.0
+    in_record = fixed = 0.0
     t0 = time.perf_counter()
-    for step in range(STEPS):
+    t1 = t0
+    for step in range(STEPS[kind]):
         i = (step * batch) % (len(xt) - batch)
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(model(xt[i : i + batch]), yt[i : i + batch])
@@ -71,11 +76,19 @@ def _loop(kind: str, record_to: Path | None, threads: int = 1, k: int = 256) -> 
         if rec is not None:
             a = time.perf_counter()
             rec.record(step, model, loss=loss)
-            in_record += time.perf_counter() - a
+            b = time.perf_counter()
+            in_record += b - a
+            if step == 0:
+                fixed += b - a
         opt.step()
+        if step == 0:
+            t1 = time.perf_counter()
+    t2 = time.perf_counter()
     if rec is not None:
         rec.close()
-    return time.perf_counter() - t0, n_params, in_record
+    t3 = time.perf_counter()
+    fixed += t3 - t2
+    return {"wall": t3 - t0, "steady": t2 - t1, "fixed": fixed, "inside": in_record, "params": n_params}
 
 
 def _outside_kernel_us(n_steps: int = 400) -> tuple[float, float]:
@@ -89,25 +102,26 @@ def _outside_kernel_us(n_steps: int = 400) -> tuple[float, float]:
     model = _model("mlp")
     model(torch.randn(256, 64)).square().mean().backward()
     kernel_s = [0.0]
-    real = kern.sparse_segments
+    real = kern.sparse_step
 
-    def timed(*a: Any) -> None:
+    def timed(*a: Any) -> Any:
         t = time.perf_counter()
-        real(*a)
+        out = real(*a)
         kernel_s[0] += time.perf_counter() - t
+        return out
 
     with tempfile.TemporaryDirectory() as d:
         rec = Recorder(Path(d) / "o.zarr", k=256, threads=0)
         for s in range(20):
             rec.record(s, model)
-        kern.sparse_segments = timed  # type: ignore[assignment]
+        kern.sparse_step = timed  # type: ignore[assignment]
         try:
             t0 = time.perf_counter()
             for s in range(20, 20 + n_steps):
                 rec.record(s, model)
             total = time.perf_counter() - t0
         finally:
-            kern.sparse_segments = real  # type: ignore[assignment]
+            kern.sparse_step = real  # type: ignore[assignment]
         rec.close()
     return 1e6 * total / n_steps, 1e6 * kernel_s[0] / n_steps
 
@@ -151,33 +165,37 @@ def main() -> None:
         _loop("mlp", Path(d) / "warm1.zarr", threads=1)
     rows = []
     for kind in ("mlp", "wide"):
-        times: dict[str, list[float]] = {"plain": [], "threads=0": [], "threads=1": []}
-        held: list[float] = []
-        n = 0
+        runs: dict[str, list[dict[str, float]]] = {"plain": [], "threads=0": [], "threads=1": []}
         for trial in range(TRIALS):  # interleaved, so that a slow moment hits every variant alike
-            t, n, _ = _loop(kind, None)
-            times["plain"].append(t)
+            runs["plain"].append(_loop(kind, None))
             with tempfile.TemporaryDirectory() as d:
                 for threads in (0, 1):
-                    t, _, inside = _loop(kind, Path(d) / f"r{trial}-{threads}.zarr", threads=threads)
-                    times[f"threads={threads}"].append(t)
-                    if threads == 1:
-                        held.append(inside)
-        base = float(np.min(times["plain"]))
+                    got = _loop(kind, Path(d) / f"r{trial}-{threads}.zarr", threads=threads)
+                    runs[f"threads={threads}"].append(got)
+        steps = STEPS[kind]
+        base = min(r["wall"] for r in runs["plain"])
+        base_steady = min(r["steady"] for r in runs["plain"])
         for variant in ("threads=0", "threads=1"):
-            r = float(np.min(times[variant]))
+            best = min(runs[variant], key=lambda r: r["wall"])
             rows.append(
                 {
                     "model": kind,
-                    "params": n,
+                    "params": int(best["params"]),
                     "recording": variant,
-                    "train_ms_per_step": 1e3 * base / STEPS,
-                    "recorded_ms_per_step": 1e3 * r / STEPS,
-                    "record_call_us": 1e6 * float(np.min(held)) / STEPS if variant == "threads=1" else None,
-                    "ratio": r / base,
+                    "steps": steps,
+                    "train_ms_per_step": 1e3 * base / steps,
+                    "recorded_ms_per_step": 1e3 * best["wall"] / steps,
+                    "record_call_us": 1e6 * min(r["inside"] for r in runs[variant]) / steps,
+                    "open_close_ms": 1e3 * min(r["fixed"] for r in runs[variant]),
+                    "ratio": best["wall"] / base,
+                    "steady_ratio": min(r["steady"] for r in runs[variant]) / base_steady,
                 }
             )
-    print_table("Recorder in the loop (torch CPU, 1 torch thread, k=256, every step; ratio to plain)", rows)
+    print_table(
+        "Recorder in the loop (torch CPU, 1 torch thread, k=256, every step; ratio to plain: whole loop with "
+        "the store's creation and close, and steady: the steps after the first)",
+        rows,
+    )
     outside, kernel = _outside_kernel_us()
     marginal, dispatch = _per_tensor_us()
     per_step = [

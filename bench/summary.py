@@ -31,14 +31,16 @@ def rows() -> list[dict[str, Any]]:
     out = []
     rec = _load("recorder") or {}
     loop = {(r["model"], r["recording"]): r for r in rec.get("rows", [])}
-    for mode in ("threads=1", "threads=0"):
+    for mode in ("threads=0", "threads=1"):
         r = loop.get(("mlp", mode))
         ratio = round(r["ratio"], 3) if r else None
+        steady = f", steady {r['steady_ratio']:.3f}x" if r and "steady_ratio" in r else ""
+        opened = f", open+close {r['open_close_ms']:.0f} ms" if r and "open_close_ms" in r else ""
         out.append(
             _row(
-                f"Recorder in the loop, digits MLP, k=256, {mode}",
+                f"Recorder in the loop, digits MLP, k=256, {mode}, {r['steps'] if r else '?'} steps",
                 ratio,
-                "plain loop",
+                f"plain loop{steady}{opened}",
                 "<= 1.05x",
                 ratio is not None and ratio <= 1.05,
             )

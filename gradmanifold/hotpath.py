@@ -47,23 +47,56 @@ _F32 = ("float32", "float16", "bfloat16")
 
 @dataclass
 class _Plan:
-    """Where each tensor of a step goes, for one sequence of (name, route): built once, reused every step."""
+    """Where each tensor of a step goes, for one sequence of (name, route, shape): built once, reused every
+    step."""
 
     names: tuple[str, ...]
     group: np.ndarray  # int64 [tensors]: group index
-    segs: dict[str, tuple[np.ndarray, ...]]  # "f32"/"f64" -> (lo, n, base, key, row) int64 arrays
+    present: np.ndarray  # bool [tensors]: the tensor has a gradient (read only: shared by the plan's jobs)
+    segs: dict[str, np.ndarray]  # "f32"/"f64" -> int64 [5, segments]: rows lo, n, base, key, row
     size: dict[str, int]  # buffer elements per dtype
     copy: dict[str, list[tuple[int, int, int]]]  # dtype -> (tensor index, lo, hi) in the buffer
+    shapes: tuple[Any, ...]  # each tensor's shape (the copies' destination views have it)
+    exact: dict[str, bool]  # dtype -> every tensor copied there has the buffer's dtype (one foreach copy)
     direct: list[int]  # tensors projected on the calling thread
 
 
-@dataclass
+class _Buffers:
+    """One step's copy buffers (a float32 and a float64 one), and the torch views of them that each plan
+    copies into (made once per plan: a view costs ~1 us a tensor)."""
+
+    __slots__ = ("arrays", "nbytes", "size", "views")
+
+    def __init__(self, size: dict[str, int]) -> None:
+        self.arrays = {dt: np.empty(n, np.float32 if dt == "f32" else np.float64) for dt, n in size.items()}
+        self.size = dict(size)
+        self.nbytes = sum(b.nbytes for b in self.arrays.values())
+        self.views: dict[int, tuple[_Plan, dict[str, list[Any]]]] = {}
+
+    def views_for(self, plan: _Plan) -> dict[str, list[Any]]:
+        """dtype -> the destination view of each copied tensor, shaped like it (torch tensors only)."""
+        got = self.views.get(id(plan))
+        if got is not None and got[0] is plan:
+            return got[1]
+        import torch
+
+        out = {}
+        for dt, copies in plan.copy.items():
+            flat = torch.from_numpy(self.arrays[dt])
+            out[dt] = [flat[lo:hi].view(plan.shapes[i]) for i, lo, hi in copies]
+        if len(self.views) > 8:
+            self.views.clear()
+        self.views[id(plan)] = (plan, out)  # the plan is kept with its views: its id is never reused here
+        return out
+
+
+@dataclass(slots=True)
 class Job:
     """One recorded step between the training thread and the background thread."""
 
     step: int
     plan: _Plan
-    bufs: dict[str, np.ndarray]
+    bufs: _Buffers | None
     z: np.ndarray  # float64 [tensors, k + 1]: scaled projection and squared norm of each tensor
     present: np.ndarray  # bool [tensors]
     loss: float | None = None
@@ -82,6 +115,11 @@ class Job:
     skipped: bool = False
 
 
+_NO_SEGS = np.zeros((5, 0), np.int64)
+_NO32 = np.zeros(0, np.float32)
+_NO64 = np.zeros(0, np.float64)
+
+
 class StepProjector:
     """Projects the tensors of a step into per-tensor rows and adds them into groups.
 
@@ -93,10 +131,11 @@ class StepProjector:
         self.spec = spec
         self.group_names = group_names
         self.where = where
-        self._plans: dict[tuple[tuple[str, str, int], ...], _Plan] = {}
+        self._plans: dict[tuple[tuple[str, str, int, Any], ...], _Plan] = {}
         # buffers not in use, shared with the background thread: deque append/pop are atomic, so no lock (a
         # signal handler that drains the queue while record() is here must not wait on one)
-        self._free: deque[dict[str, np.ndarray]] = deque(maxlen=2)
+        self._free: deque[_Buffers] = deque(maxlen=2)
+        self._segments: Any = None  # gradmanifold.kernels.segments, loaded at the first projection
         if spec.kind == "sparse":
             keys = [_keys(int(spec.seed), g, spec.s) for g in group_names]
             self._kshift = np.stack([kk.kshift for kk in keys]) if keys else np.zeros((0, spec.s), np.uint64)
@@ -114,29 +153,28 @@ class StepProjector:
             bufs = self._free.pop()
         except IndexError:
             bufs = None
-        if bufs is None or {dt: b.size for dt, b in bufs.items()} != plan.size:
+        if bufs is None or bufs.size != plan.size:
             # a step of another shape (routes changed): its buffers are dropped, never kept per plan
-            bufs = {dt: np.empty(n, np.float32 if dt == "f32" else np.float64) for dt, n in plan.size.items()}
-        z = np.zeros((len(named), k + 1))
-        present = np.array([r != "none" for _, r, _ in routes], dtype=np.bool_)
-        for dt, copies in plan.copy.items():
-            _fill(bufs[dt], [(named[i][1], lo, hi) for i, lo, hi in copies])
+            bufs = _Buffers(plan.size)
+        z = np.empty((len(named), k + 1))  # every present row is written before it is read
+        if plan.copy:
+            _fill(bufs, plan, named)
         for i in plan.direct:
             name, x = named[i]
             gi, member = self.where[name]
             zi, qi = project_local(x, self.spec, self.group_names[gi], member.offset, True)
             z[i, :k] = zi
             z[i, k] = qi
-        nbytes = sum(b.nbytes for b in bufs.values())
-        return Job(int(step), plan, bufs, z, present, nbytes=nbytes)
+        return Job(int(step), plan, bufs, z, plan.present, nbytes=bufs.nbytes)
 
-    def _plan(self, routes: tuple[tuple[str, str, int], ...], named: list[tuple[str, Any]]) -> _Plan:
+    def _plan(self, routes: tuple[tuple[str, str, int, Any], ...], named: list[tuple[str, Any]]) -> _Plan:
         group = np.zeros(len(routes), np.int64)
         segs: dict[str, list[tuple[int, int, int, int, int]]] = {"f32": [], "f64": []}
         copy: dict[str, list[tuple[int, int, int]]] = {"f32": [], "f64": []}
+        exact = {"f32": True, "f64": True}
         size = {"f32": 0, "f64": 0}
         direct = []
-        for i, (name, route, n) in enumerate(routes):
+        for i, (name, route, n, _) in enumerate(routes):
             gi, member = member_of(self.where, name, None if route == "none" else n)
             group[i] = gi
             if route == "none":
@@ -148,16 +186,18 @@ class StepProjector:
             size[route] = lo + n
             segs[route].append((lo, n, member.offset, gi, i))
             copy[route].append((i, lo, lo + n))
+            exact[route] &= _dtype_name(named[i][1]) == ("float32" if route == "f32" else "float64")
+        present = np.array([r[1] != "none" for r in routes], dtype=np.bool_)
+        present.flags.writeable = False
         plan = _Plan(
             names=tuple(r[0] for r in routes),
             group=group,
-            segs={
-                dt: tuple(np.array(col, np.int64) for col in zip(*v, strict=True))
-                for dt, v in segs.items()
-                if v
-            },
+            present=present,
+            segs={dt: np.array(v, np.int64).T.copy() for dt, v in segs.items() if v},
             size={dt: n for dt, n in size.items() if n},
             copy={dt: v for dt, v in copy.items() if v},
+            shapes=tuple(r[3] for r in routes),
+            exact=exact,
             direct=direct,
         )
         if len(self._plans) > 64:  # routes that keep changing: keep the cache bounded
@@ -169,39 +209,51 @@ class StepProjector:
     def project(self, job: Job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The stored row of a snapshot: (float32 proj [G, k], squared norms [G], flags [G]); frees its
         buffers. The kernels release the GIL."""
-        from gradmanifold.kernels import projection as kern
-        from gradmanifold.kernels import segments
+        segments = self._segments
+        if segments is None:
+            from gradmanifold.kernels import segments
 
-        spec = self.spec
-        plan = job.plan
-        for dt, (lo, n, base, key, row) in plan.segs.items():
-            if spec.kind != "sparse":  # dense: the cost is the k multiply-adds per value, not the calls
-                buf = job.bufs[dt]
-                for j in range(lo.size):
-                    total = np.zeros(spec.k + 1)
-                    kg = _keys(int(spec.seed), self.group_names[int(key[j])], spec.s).kgauss
-                    kern.gaussian_accumulate(buf[lo[j] : lo[j] + n[j]], int(base[j]), kg, spec.k, total)
-                    job.z[row[j], : spec.k] = total[: spec.k] * (1.0 / math.sqrt(spec.k))
-                    job.z[row[j], spec.k] = total[spec.k]
-                continue
-            segments.sparse_segments(
-                job.bufs[dt],
-                lo,
-                n,
-                base,
-                key,
-                row,
+            self._segments = segments
+        spec, plan, bufs = self.spec, job.plan, job.bufs
+        arrays = bufs.arrays if bufs is not None else {}
+        if spec.kind == "sparse":
+            p32, sq, flags = segments.sparse_step(
+                arrays.get("f32", _NO32),
+                plan.segs.get("f32", _NO_SEGS),
+                arrays.get("f64", _NO64),
+                plan.segs.get("f64", _NO_SEGS),
                 spec.k // spec.s,
                 self._kshift,
                 self._ksign,
                 1.0 / math.sqrt(spec.s),
                 job.z,
+                job.present,
+                plan.group,
+                len(self.group_names),
             )
-        self._free.append(job.bufs)  # maxlen 2: an older one is dropped
-        job.bufs = {}
-        sq = np.zeros(len(self.group_names))
-        p32, flags = segments.combine(job.z, job.present, plan.group, sq)
+        else:
+            self._dense(job, arrays)
+            sq = np.zeros(len(self.group_names))
+            p32, flags = segments.combine(job.z, job.present, plan.group, sq)
+        if bufs is not None:
+            self._free.append(bufs)  # maxlen 2: an older one is dropped
+            job.bufs = None
         return p32, sq, flags
+
+    def _dense(self, job: Job, arrays: dict[str, np.ndarray]) -> None:
+        """Gaussian projection of each copied tensor into its row of job.z (the cost is the k multiply-adds
+        per value, not the calls)."""
+        from gradmanifold.kernels import projection as kern
+
+        spec = self.spec
+        for dt, seg in job.plan.segs.items():
+            buf = arrays[dt]
+            for lo, n, base, key, row in seg.T.tolist():
+                total = np.zeros(spec.k + 1)
+                kg = _keys(int(spec.seed), self.group_names[key], spec.s).kgauss
+                kern.gaussian_accumulate(buf[lo : lo + n], base, kg, spec.k, total)
+                job.z[row, : spec.k] = total[: spec.k] * (1.0 / math.sqrt(spec.k))
+                job.z[row, spec.k] = total[spec.k]
 
 
 def warm_up() -> None:
@@ -218,8 +270,8 @@ def warm_up() -> None:
     projector.project(projector.snapshot(0, [("a", np.ones(4, np.float32)), ("b", np.ones(4, np.float64))]))
 
 
-def _routes(named: list[tuple[str, Any]]) -> tuple[tuple[str, str, int], ...]:
-    """(name, route, size) of each tensor: route "f32"/"f64" (copied into the step's buffer), "direct"
+def _routes(named: list[tuple[str, Any]]) -> tuple[tuple[str, str, int, Any], ...]:
+    """(name, route, size, shape) of each tensor: route "f32"/"f64" (copied into the step's buffer), "direct"
     (projected where it is) or "none" (no gradient this step). Written for the common case, CPU tensors."""
     torch = sys.modules.get("torch")
     tensor = torch.Tensor if torch is not None else None
@@ -230,48 +282,61 @@ def _routes(named: list[tuple[str, Any]]) -> tuple[tuple[str, str, int], ...]:
         if tensor is not None and type(x) is tensor:
             n = x.numel()
             if not x.is_cpu or n > BATCH_MAX_ELEMENTS:
-                out.append((name, "direct", n))
+                out.append((name, "direct", n, None))
             else:
                 dt = x.dtype
-                out.append((name, "f32" if dt in f32 else "f64" if dt == f64 else "direct", n))
+                out.append((name, "f32" if dt in f32 else "f64" if dt == f64 else "direct", n, x.shape))
         else:
             out.append((name, *_route(x)))
     return tuple(out)
 
 
-def _route(x: Any) -> tuple[str, int]:
+def _route(x: Any) -> tuple[str, int, Any]:
     """_routes for one value that is not a plain torch tensor."""
     if x is None:
-        return "none", 0
+        return "none", 0, None
     if isinstance(x, np.ndarray):
         name, n = x.dtype.name, x.size
         if n > BATCH_MAX_ELEMENTS:
-            return "direct", n
-        return ("f32" if name in _F32 else "f64" if name == "float64" else "direct"), n
+            return "direct", n, None
+        return ("f32" if name in _F32 else "f64" if name == "float64" else "direct"), n, x.shape
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.nn.Parameter):
-        _, route, n = _routes([("", x.detach())])[0]
-        return route, n
-    return "direct", numel(x)
+        _, route, n, shape = _routes([("", x.detach())])[0]
+        return route, n, shape
+    return "direct", numel(x), None
 
 
-def _fill(buf: np.ndarray, items: list[tuple[Any, int, int]]) -> None:
-    """Copy each tensor, flattened, into buf[lo:hi] (one torch.cat when they are all float32 tensors)."""
+def _dtype_name(x: Any) -> str:
+    """numpy's name of a tensor's or array's dtype ("float32", ...)."""
+    dt = x.dtype
+    return dt.name if isinstance(dt, np.dtype) else str(dt).removeprefix("torch.")
+
+
+def _fill(bufs: _Buffers, plan: _Plan, named: list[tuple[str, Any]]) -> None:
+    """Copy each tensor the plan copies into its place in the step's buffers: torch tensors into views shaped
+    like them (one foreach copy per buffer when the dtypes match), arrays flattened."""
     torch = sys.modules.get("torch")
-    if torch is not None and all(isinstance(x, torch.Tensor) for x, _, _ in items):
-        out = torch.from_numpy(buf)
-        xs = [x.detach().reshape(-1) for x, _, _ in items]
-        if buf.dtype == np.float32 and all(x.dtype == torch.float32 for x in xs):
-            torch.cat(xs, out=out)
-            return
-        for x, (_, lo, hi) in zip(xs, items, strict=True):
-            out[lo:hi].copy_(x)
+    xs = {dt: [named[i][1] for i, _, _ in copies] for dt, copies in plan.copy.items()}
+    if torch is not None and all(isinstance(x, torch.Tensor) for v in xs.values() for x in v):
+        views = bufs.views_for(plan)
+        foreach_copy = getattr(torch, "_foreach_copy_", None)
+        with torch.no_grad():
+            for dt, srcs in xs.items():
+                if plan.exact[dt] and foreach_copy is not None:
+                    foreach_copy(views[dt], srcs)
+                else:
+                    for dst, src in zip(views[dt], srcs, strict=True):
+                        dst.copy_(src)
         return
-    for x, lo, hi in items:
-        if torch is not None and isinstance(x, torch.Tensor):
-            buf[lo:hi] = x.detach().reshape(-1).to(torch.float64).numpy()
-        else:
-            buf[lo:hi] = np.asarray(x).reshape(-1)
+    for dt, copies in plan.copy.items():
+        buf = bufs.arrays[dt]
+        for i, lo, hi in copies:
+            x = named[i][1]
+            if torch is not None and isinstance(x, torch.Tensor):
+                buf[lo:hi] = x.detach().reshape(-1).to(torch.float64).numpy()
+            else:
+                buf[lo:hi] = np.asarray(x).reshape(-1)
 
 
 def copy_tensors(named: list[tuple[str, Any]]) -> tuple[list[tuple[str, Any]], int]:
@@ -457,8 +522,11 @@ class StepPipeline:
 
     def _check_flags(self, job: Job) -> bool:
         """Apply the nonfinite policy to a projected step; True when the step is skipped."""
+        flags = job.flags
+        if flags is None or not (flags & FLAG_NONFINITE).any():  # the common case: ~1 us
+            job.skipped = False
+            return False
         groups = self._layout.groups
-        flags = job.flags if job.flags is not None else np.zeros(len(groups), np.uint8)
         bad = [g for (g, _), f in zip(groups, flags, strict=True) if f & FLAG_NONFINITE]
         if bad and self.nonfinite == "raise":
             raise NonFiniteGradientError(

@@ -220,11 +220,11 @@ class Recorder(StepPipeline):
             got = self._exchange(int(step), named, grads, params)
             if got is None:
                 return False
-            job = Job(int(step), None, {}, np.zeros((0, 0)), np.zeros(0, np.bool_))  # type: ignore[arg-type]
+            job = Job(int(step), None, None, np.zeros((0, 0)), np.zeros(0, np.bool_))  # type: ignore[arg-type]
             from gradmanifold.kernels.segments import finish
 
             job.p32, job.flags = finish(got[0], got[1], got[2])
-            job.sq, job.update, job.update_sq = got[1], got[3], got[4]
+            job.sq, job.update, job.update_sq = np.array(got[1], np.float64), got[3], got[4]
             job.loss, job.lr = _scalar(loss), _scalar(lr)
             if not self._check_flags(job) and self._tracker is not None:
                 self._tracker.accept()
@@ -262,10 +262,13 @@ class Recorder(StepPipeline):
         if self._writer is None and self._dist is None and not self._failed:  # suspended meanwhile
             self._open_writer(self._layout, "must")  # type: ignore[arg-type]
         if self._writer is not None:
-            kw = {"loss": job.loss, "lr": job.lr, "update": job.update, "update_sqnorm": job.update_sq}
-            self._guard(lambda: self._writer.append(step, job.p32, job.sq, job.flags, **kw))
-        if self._failed:
-            return False
+            try:
+                self._writer.append_owned(
+                    step, job.p32, job.sq, job.flags, job.loss, job.lr, job.update, job.update_sq
+                )
+            except StoreWriteError as exc:
+                self._write_failed(exc)
+                return False
         self._last_step = step
         if job.spectra_row is not None:
             self._guard(lambda: self._writer.append_row("spectra", step, job.spectra_row))
@@ -409,16 +412,20 @@ class Recorder(StepPipeline):
         try:
             fn()
         except StoreWriteError as exc:
-            if self.on_error == "raise":
-                raise
-            self._failed = True
-            if self._dist is not None:
-                self._dist.stop_pending = True  # the other ranks stop at the next recorded step
-            if self._writer is not None:
-                self._writer.abandon()
-            warnings.warn(
-                f"gradmanifold: recording stopped, training goes on: {exc}", RuntimeWarning, stacklevel=3
-            )
+            self._write_failed(exc)
+
+    def _write_failed(self, exc: StoreWriteError) -> None:
+        """A write failed: raise it (on_error="raise"), or stop recording with a warning and go on."""
+        if self.on_error == "raise":
+            raise exc
+        self._failed = True
+        if self._dist is not None:
+            self._dist.stop_pending = True  # the other ranks stop at the next recorded step
+        if self._writer is not None:
+            self._writer.abandon()
+        warnings.warn(
+            f"gradmanifold: recording stopped, training goes on: {exc}", RuntimeWarning, stacklevel=3
+        )
 
     def _open(self, tensors: list[tuple[str, int]], named: list[tuple[str, Any]]) -> None:
         from gradmanifold import sharded

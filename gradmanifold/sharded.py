@@ -251,6 +251,50 @@ def expand(
 _MODULE_INDEX: weakref.WeakKeyDictionary[Any, dict[int, tuple[Any, int | None]]] = weakref.WeakKeyDictionary()
 
 
+_PLAIN_TYPES: dict[type, bool] = {}
+
+
+def plain_parameters(model: Any) -> list[tuple[str, Any]] | None:
+    """model.named_parameters() read straight from each module's _modules and _parameters (~1 us a module
+    against ~5 for torch's generators): the same names in the same order, each module and parameter once.
+    None when a module's class overrides how torch lists them (then ask the module)."""
+    out: list[tuple[str, Any]] = []
+    seen_modules: set[int] = set()
+    seen_params: set[int] = set()
+    stack = [("", model)]
+    while stack:
+        prefix, mod = stack.pop()
+        if id(mod) in seen_modules:
+            continue
+        seen_modules.add(id(mod))
+        cls = type(mod)
+        plain = _PLAIN_TYPES.get(cls)
+        if plain is None:
+            plain = _PLAIN_TYPES[cls] = _lists_like_torch(cls)
+        if not plain:
+            return None
+        for key, p in mod._parameters.items():
+            if p is None or id(p) in seen_params:
+                continue
+            seen_params.add(id(p))
+            out.append((f"{prefix}.{key}" if prefix else key, p))
+        children = [
+            (f"{prefix}.{key}" if prefix else key, m) for key, m in mod._modules.items() if m is not None
+        ]
+        stack.extend(reversed(children))  # depth first, in registration order: torch's named_modules order
+    return out
+
+
+def _lists_like_torch(cls: type) -> bool:
+    """Whether a Module class lists its parameters as torch.nn.Module does (no override of the methods that
+    named_parameters goes through)."""
+    import torch
+
+    base = torch.nn.Module
+    names = ("named_parameters", "named_modules", "_named_members", "parameters")
+    return issubclass(cls, base) and all(getattr(cls, n, None) is getattr(base, n) for n in names)
+
+
 def module_tensors(model: Any, what: str) -> list[tuple[str, Any]]:
     """(name, gradient) (what="grad") or (name, detached parameter) (what="param") of a torch Module's
     parameters with requires_grad, named as in the unwrapped model: a wrapper's prefix (DDP's `module.`,
@@ -263,9 +307,12 @@ def module_tensors(model: Any, what: str) -> list[tuple[str, Any]]:
             _MODULE_INDEX[model] = index
     prefix = WRAPPER_PREFIXES.get(type(model).__name__, "")
     if not index and not prefix:  # the common case, once per recorded step: no FSDP1, no wrapper
+        named = plain_parameters(model)
+        if named is None:
+            named = list(model.named_parameters())
         if what == "grad":
-            return [(n, p.grad) for n, p in model.named_parameters() if p.requires_grad]
-        return [(n, p.detach()) for n, p in model.named_parameters() if p.requires_grad]
+            return [(n, p.grad) for n, p in named if p.requires_grad]
+        return [(n, p.detach()) for n, p in named if p.requires_grad]
     this_rank = rank() if index else 0
     out: list[tuple[str, Any]] = []
     for name, p in model.named_parameters():

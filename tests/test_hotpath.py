@@ -182,7 +182,7 @@ def test_background_error_reaches_the_next_call_and_close(
     def broken(*a: object, **kw: object) -> None:
         raise StoreWriteError("disk went away")
 
-    monkeypatch.setattr(rec._writer, "append", broken)
+    monkeypatch.setattr(rec._writer, "append_owned", broken)
     rec.record(1, x)  # fails on the background thread
     with pytest.raises(StoreWriteError, match="disk went away"):
         rec.close()
@@ -231,12 +231,12 @@ def test_background_stops_on_the_first_error_and_drops_later_jobs() -> None:
     projector = StepProjector(ProjectionSpec(k=8), ["g"], {})
     bg = Background(run, depth=8)
     for step in range(4):
-        bg.submit(Job(step, projector._plan((), []), {}, np.zeros((0, 9)), np.zeros(0, bool)))
+        bg.submit(Job(step, projector._plan((), []), None, np.zeros((0, 9)), np.zeros(0, bool)))
     bg.drain()
     err = bg.take_error()
     assert isinstance(err, ValueError) and seen == [0, 1]
     assert bg.take_error() is None
-    bg.submit(Job(9, projector._plan((), []), {}, np.zeros((0, 9)), np.zeros(0, bool)))
+    bg.submit(Job(9, projector._plan((), []), None, np.zeros((0, 9)), np.zeros(0, bool)))
     bg.drain()
     assert seen == [0, 1], "a stopped background thread took more work"
     bg.stop()
@@ -342,6 +342,48 @@ def test_warm_up_loads_the_batched_kernels_for_both_dtypes() -> None:
     from gradmanifold.kernels import segments
 
     warm_up()
-    dtypes = {str(sig[0].dtype) for sig in segments._sparse_segments.signatures}
-    assert {"float32", "float64"} <= dtypes
-    assert segments._combine.signatures
+    sigs = segments._step.signatures
+    assert sigs  # one signature: a float32 and a float64 buffer in every call
+    assert {(str(sig[0].dtype), str(sig[2].dtype)) for sig in sigs} == {("float32", "float64")}
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3), st.booleans()), min_size=1, max_size=12),
+    st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), max_size=4),
+)
+def test_plain_parameters_lists_what_named_parameters_lists(
+    tree: list[tuple[int, int, bool]], shared: list[tuple[int, int]]
+) -> None:
+    """The direct walk gives torch's names, order and deduplication on random module trees with shared
+    modules, shared parameters and None entries; a module class that lists its own parameters is asked."""
+    torch = pytest.importorskip("torch")
+    from gradmanifold.sharded import plain_parameters
+
+    mods = [torch.nn.Module()]
+    for parent, n_params, none_param in tree:  # each new module hangs under an earlier one
+        m = torch.nn.Module()
+        for j in range(n_params):
+            m.register_parameter(f"w{j}", torch.nn.Parameter(torch.zeros(j + 1)))
+        if none_param:
+            m.register_parameter("gone", None)
+        mods[min(parent, len(mods) - 1)].add_module(f"c{len(mods)}", m)
+        mods.append(m)
+    for a, b in shared:  # a module reachable twice, and a parameter registered twice
+        src, dst = mods[min(a, len(mods) - 1)], mods[min(b, len(mods) - 1)]
+        if src is not dst and src not in list(dst.modules()) and dst not in list(src.modules()):
+            dst.add_module(f"again{a}", src)
+        for name, p in list(src._parameters.items())[:1]:
+            dst.register_parameter(f"same_{name}", p)
+    root = mods[0]
+    want = list(root.named_parameters())
+    got = plain_parameters(root)
+    assert got is not None
+    assert [n for n, _ in got] == [n for n, _ in want]
+    assert all(a is b for (_, a), (_, b) in zip(got, want, strict=True))
+
+    class Custom(torch.nn.Module):
+        def named_parameters(self, *a: object, **k: object):  # type: ignore[no-untyped-def,override]
+            yield from ()
+
+    root.add_module("custom", Custom())
+    assert plain_parameters(root) is None

@@ -180,7 +180,7 @@ SCRIPT = textwrap.dedent(
 
             def fail_at_2(step):
                 if step == 2 and RANK == 0:
-                    rec._writer.append = boom
+                    rec._writer.append_owned = boom
 
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")

@@ -84,6 +84,22 @@ def _finish(proj, sq, count, p32, flags):  # type: ignore[no-untyped-def]
         flags[g] = f
 
 
+@numba.njit(cache=True, nogil=True)
+def _step(buf32, seg32, buf64, seg64, m, kshift, ksign, scale, z, present, group, n_groups):  # type: ignore[no-untyped-def]
+    """A whole sparse step in one call: the float32 and float64 buffers' segments (rows lo, n, base, key, row
+    of seg32 / seg64) into z, then the groups combined and finished; returns (p32, sq, flags)."""
+    if seg32.shape[1]:
+        _sparse_segments(buf32, seg32[0], seg32[1], seg32[2], seg32[3], seg32[4], m, kshift, ksign, scale, z)
+    if seg64.shape[1]:
+        _sparse_segments(buf64, seg64[0], seg64[1], seg64[2], seg64[3], seg64[4], m, kshift, ksign, scale, z)
+    k = z.shape[1] - 1
+    sq = np.zeros(n_groups)
+    p32 = np.empty((n_groups, k), np.float32)
+    flags = np.empty(n_groups, np.uint8)
+    _combine(z, present, group, np.zeros((n_groups, k)), sq, np.zeros(n_groups, np.int64), p32, flags)
+    return p32, sq, flags
+
+
 def finish(proj: np.ndarray, sq: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(float32 row, flags) of summed float64 projections [G, k], squared norms [G] and tensors present [G]
     (a sharded step, whose sums come from an all-reduce)."""
@@ -132,3 +148,27 @@ def combine(
     flags = np.empty(g, np.uint8)
     _combine(z, present, group, proj, sq, np.zeros(g, np.int64), p32, flags)
     return p32, flags
+
+
+def sparse_step(
+    buf32: np.ndarray,
+    seg32: np.ndarray,
+    buf64: np.ndarray,
+    seg64: np.ndarray,
+    m: int,
+    kshift: np.ndarray,
+    ksign: np.ndarray,
+    scale: float,
+    z: np.ndarray,
+    present: np.ndarray,
+    group: np.ndarray,
+    n_groups: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """sparse_segments over a float32 and a float64 buffer (seg: int64 [5, segments], rows lo, n, base, key,
+    row; either may have no segment) then combine, in one call: (float32 row [G, k], squared norms [G], flags
+    [G]). z: float64 [tensors, k + 1] scratch, the present rows written. Releases the GIL."""
+    args = (buf32, seg32, buf64, seg64, np.int64(m), kshift, ksign, np.float64(scale), z, present, group)
+    if getattr(numba.config, "DISABLE_JIT", False):  # the uint64 hash wraps around: warns only as Python
+        with np.errstate(over="ignore"):
+            return _step(*args, np.int64(n_groups))
+    return _step(*args, np.int64(n_groups))

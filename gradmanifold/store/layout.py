@@ -1,8 +1,15 @@
-"""Zarr v3 layout of a store: array names, dtypes, chunking, checksums. The only module that imports zarr."""
+"""Zarr v3 layout of a store: array names, dtypes, chunking, checksums, the metadata files of a new store.
+
+A store is created without zarr: the group's and each array's zarr.json are written as the JSON zarr 3 writes
+for them (`group_meta`, `array_meta`). zarr is imported only to open arrays that are not in that plain layout.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,26 +176,76 @@ def checksum(a: np.ndarray) -> str:
     return f"{value:08x}"
 
 
+def group_meta(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The zarr.json of the store's group, as zarr 3 writes it for a group with these attributes."""
+    return {"attributes": attrs, "zarr_format": 3, "node_type": "group"}
+
+
+def array_meta(name: str, rows: int, dims: dict[str, int], chunk_rows: int) -> dict[str, Any]:
+    """The zarr.json of array `name` holding `rows` rows, as zarr 3's create_array writes it for the plain
+    layout: chunks of `chunk_rows` whole rows, the `bytes` codec alone (little endian), fill value 0."""
+    dtype = np.dtype(ARRAY_BY_NAME[name].dtype)
+    codec: dict[str, Any] = {"name": "bytes"}
+    if dtype.itemsize > 1:  # zarr names no byte order for 1-byte types
+        codec["configuration"] = {"endian": "little"}
+    return {
+        "shape": list(array_shape(name, rows, dims)),
+        "data_type": ARRAY_BY_NAME[name].dtype,
+        "chunk_grid": {
+            "name": "regular",
+            "configuration": {"chunk_shape": list(array_shape(name, chunk_rows, dims))},
+        },
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0.0 if dtype.kind == "f" else 0,
+        "codecs": [codec],
+        "attributes": {},
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
+
+
+def meta_bytes(doc: dict[str, Any]) -> bytes:
+    """A zarr.json document as zarr writes it (JSON, indented by 2)."""
+    return json.dumps(doc, indent=2).encode()
+
+
+def write_file(path: Path, data: bytes | memoryview) -> None:
+    """Write `data` (bytes, or a C-contiguous buffer such as ndarray.data) to `path` atomically: into a temp
+    file beside it, `<name>.<32 hex>.partial` (the pattern remove_partials and store.support.write_error
+    know), renamed over `path`; missing folders are made first.
+
+    A reader sees the old file or the new one, never a part. An OSError that names no file names `path`.
+    """
+    tmp = path.with_name(f"{path.name}.{os.urandom(16).hex()}.partial")
+    try:
+        if not os.path.isdir(path.parent):
+            os.makedirs(path.parent, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
 def create_arrays(
     root: Path, names: tuple[str, ...], dims: dict[str, int], chunk_rows: int, attrs: dict[str, Any]
 ) -> None:
-    """Create the zarr group (when new) and the named (empty) arrays of one table."""
-    import zarr
-    from zarr.storage import LocalStore
-
-    group = zarr.open_group(store=LocalStore(root), mode="a", zarr_format=3, attributes=attrs)
+    """Create the zarr group (when new) and the named (empty) arrays of one table, writing their zarr.json
+    directly: what zarr.open_group(mode="a", attributes=attrs) and create_array(..., compressors=None,
+    fill_value=0, overwrite=True) write, without zarr's per-call cost."""
+    group = root / "zarr.json"
+    if not group.exists():  # as open_group(mode="a"): an existing group is kept as it is
+        write_file(group, meta_bytes(group_meta(attrs)))
     for name in names:
-        shape = array_shape(name, 0, dims)
-        chunks = array_shape(name, chunk_rows, dims)
-        group.create_array(
-            name,
-            shape=shape,
-            chunks=chunks,
-            dtype=ARRAY_BY_NAME[name].dtype,
-            compressors=None,
-            fill_value=0,
-            overwrite=True,  # a new store: leftovers of a creation that was killed hold nothing committed
-        )
+        folder = root / name
+        if folder.is_dir():  # overwrite: leftovers of a creation that was killed hold nothing committed
+            shutil.rmtree(folder)
+        write_file(folder / "zarr.json", meta_bytes(array_meta(name, 0, dims, chunk_rows)))
 
 
 def zarr_store(root: Path | Store, writable: bool = False) -> Store:

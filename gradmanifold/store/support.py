@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import sys
@@ -51,14 +52,28 @@ def missing_parents(path: Path) -> list[Path]:
     return out
 
 
-def versions() -> dict[str, str]:
+@functools.lru_cache(maxsize=1)
+def _versions() -> tuple[tuple[str, str], ...]:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"gradmanifold": __version__, "python": sys.version.split()[0]}
+    out = [("gradmanifold", __version__), ("python", sys.version.split()[0])]
     for dist in ("numpy", "zarr", "numba", "torch"):
+        module = sys.modules.get(dist)
+        have = getattr(module, "__version__", None)
+        if isinstance(have, str):  # already imported: no METADATA file to parse
+            out.append((dist, str(have)))
+            continue
         with contextlib.suppress(PackageNotFoundError):
-            out[dist] = version(dist)
-    return out
+            out.append((dist, version(dist)))
+    return tuple(out)
+
+
+def versions() -> dict[str, str]:
+    """Versions of gradmanifold, python and the installed numpy, zarr, numba, torch (the manifest's record).
+
+    Found once per process (importlib.metadata parses files: ~5 ms), from an imported module's __version__
+    where there is one; a package not installed is left out."""
+    return dict(_versions())
 
 
 def write_error(root: Path, m: Manifest, exc: OSError, what: str, need: int) -> StoreWriteError:

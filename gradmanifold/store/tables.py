@@ -1,19 +1,130 @@
 """A table's rows as the writer holds them: committed steps, and a buffer of whole-chunk rows to write.
 
 Every table of the registry (store.layout.TABLES) goes through this one path, so an array recorded every N
-steps is written, checksummed, rewound and committed exactly like the main rows.
+steps is written, checksummed, rewound and committed exactly like the main rows. Arrays in the plain layout
+(the only one the writer creates) are written without zarr: each chunk is one file of raw bytes, written
+whole (LocalArray); an array a store holds in another layout goes through zarr.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gradmanifold.store.layout import ROWS, TABLE_BY_NAME, array_row_bytes, array_shape, checksum, chunk_file
+from gradmanifold.store.layout import (
+    ARRAY_BY_NAME,
+    ROWS,
+    TABLE_BY_NAME,
+    array_chunk_file,
+    array_row_bytes,
+    array_shape,
+    checksum,
+    meta_bytes,
+    open_arrays,
+    write_file,
+)
 from gradmanifold.store.manifest import Manifest, TableState
+from gradmanifold.store.plainmeta import PlainArray, read_plain
+from gradmanifold.store.rawchunk import RawLayout, read_rows
 from gradmanifold.store.resume import read_committed_chunk
+
+
+class LocalArray:
+    """A local array in the plain layout, held without zarr: its zarr.json (as JSON) and its chunk files, each
+    the chunk's raw little-endian C-order bytes (store.rawchunk), read and written directly."""
+
+    def __init__(self, folder: Path, doc: dict[str, Any], plain: PlainArray) -> None:
+        self.folder = folder
+        self.doc = doc  # its zarr.json: a resize changes the shape only, as zarr's does
+        self.shape = plain.shape
+        self.chunks = plain.chunks
+        self.dtype = plain.dtype
+        self.layout = RawLayout(plain.dtype, plain.chunks, str(folder), plain.encode_key)
+
+    @classmethod
+    def open(cls, folder: Path, dtype: str) -> LocalArray | None:
+        """The array in `folder` when its zarr.json is the plain layout with data type `dtype`, else None."""
+        path = folder / "zarr.json"
+        plain = read_plain(path, dtype)
+        if plain is None:
+            return None
+        try:
+            doc = json.loads(path.read_bytes())
+        except (OSError, ValueError):  # changed since: zarr opens it and names any damage
+            return None
+        return cls(folder, doc, plain)
+
+    def resize(self, shape: tuple[int, ...]) -> None:
+        """Grow to `shape` (more rows): rewrite zarr.json with the new shape, the one thing zarr's resize
+        changes when growing. Shrinking is refused: zarr would delete the chunks past the new shape, and the
+        writer never shrinks an array (a rewind leaves the shape, the manifest counts the rows)."""
+        if tuple(shape[1:]) != self.shape[1:] or shape[0] < self.shape[0]:
+            raise ValueError(f"{self.folder}: cannot resize {self.shape} to {shape} (rows only grow)")
+        doc = {**self.doc, "shape": [int(n) for n in shape]}
+        write_file(self.folder / "zarr.json", meta_bytes(doc))
+        self.doc, self.shape = doc, tuple(int(n) for n in shape)
+
+    def write_chunks(self, first: int, block: np.ndarray) -> list[Path]:
+        """Write `block` (rows from the start of chunk `first` on) as whole chunk files; returns the files.
+
+        The last chunk's rows past the block are the fill value 0, and every chunk gets a file, an all-zero
+        one too (a committed chunk always has a file). Each is written atomically (store.layout.write_file).
+        """
+        c = self.chunks[0]
+        if block.shape[1:] != self.chunks[1:] or (first + -(-len(block) // c)) * c > self.shape[0]:
+            raise ValueError(f"{self.folder}: {block.shape} rows from chunk {first} do not fit {self.shape}")
+        files = []
+        for i in range(0, len(block), c):
+            part = np.ascontiguousarray(block[i : i + c], self.dtype)
+            if len(part) < c:
+                whole = np.zeros(self.chunks, self.dtype)
+                whole[: len(part)] = part
+                part = whole
+            path = Path(self.layout.file(first + i // c))
+            write_file(path, part.data)
+            files.append(path)
+        return files
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        """Rows `rows` (a slice of step 1, clipped to the shape as zarr clips it), read from the chunk files.
+
+        A chunk without a file reads as the fill value 0, as through zarr; a file of the wrong size, or one
+        that cannot be read, raises ValueError naming it.
+        """
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("only row slices of step 1")
+        stop = max(start, stop)
+        c = self.chunks[0]
+        out = np.zeros((stop - start, *self.chunks[1:]), self.dtype)
+        for index in range(start // c, -(-stop // c)):
+            lo, hi = max(start, index * c), min(stop, (index + 1) * c)
+            path = self.layout.file(index)
+            data, why = read_rows(path, self.layout, hi - index * c)
+            if data is not None:
+                out[lo - start : hi - start] = data[lo - index * c :]
+            elif why != "missing":
+                raise ValueError(f"chunk file {path} is {why}")
+        return out
+
+
+def open_writable(
+    root: Path, names: tuple[str, ...], dims: dict[str, int], chunk_rows: int
+) -> dict[str, Any]:
+    """The named arrays of the local store at `root` as the writer holds them: a LocalArray for each in the
+    plain layout with the manifest's chunk shape (`dims`, `chunk_rows`), a zarr array for any other."""
+    out: dict[str, Any] = {}
+    for name in names:
+        arr = LocalArray.open(root / name, ARRAY_BY_NAME[name].dtype)
+        if arr is not None and arr.chunks == array_shape(name, chunk_rows, dims):
+            out[name] = arr
+    rest = tuple(name for name in names if name not in out)
+    if rest:  # zarr loads only here
+        out.update(open_arrays(root, rest, writable=True))
+    return {name: out[name] for name in names}
 
 
 class TableBuffer:
@@ -100,6 +211,7 @@ class TableBuffer:
         """Write the buffered chunks (data only; OSError propagates); returns the state that commits them
         and the files to fsync before it is published."""
         lo, hi, c = self.base, self.n_rows, self.chunk_rows
+        assert lo % c == 0, "the buffer starts at a chunk boundary, so every chunk is written whole"
         capacity = -(-hi // c) * c
         data = {name: np.stack(rows) if rows else None for name, rows in self.buf.items()}
         touched: list[Path] = []
@@ -108,9 +220,13 @@ class TableBuffer:
                 arr.resize(array_shape(name, capacity, state.dims))
                 touched.append(root / name / "zarr.json")
             block = data[name]
-            if block is not None:
+            if block is None:
+                continue
+            if isinstance(arr, LocalArray):
+                touched += arr.write_chunks(lo // c, block)
+            else:  # an array of another layout (store.tables.open_writable): through zarr
                 arr[lo:hi] = block
-            touched += [chunk_file(root, name, i) for i in range(lo // c, -(-hi // c))]
+                touched += [array_chunk_file(arr, root, name, i) for i in range(lo // c, -(-hi // c))]
         sums = dict(state.checksums)
         first_chunk = lo // c
         for name in self.arrays:

@@ -147,6 +147,11 @@ class _OptimizerRecorder:
         """name -> gradient (what="grad") or parameter, FSDP1 flat parameters split into the originals."""
         from gradmanifold import sharded
 
+        if not self.fsdp1:  # the common case, every step: plain tensors, nothing to expand
+            got = {n: p.grad if what == "grad" else p.detach() for n, p in self.named}
+            if what == "grad" and any(v is not None and v.is_sparse for v in got.values()):
+                got = {n: v.to_dense() if v is not None and v.is_sparse else v for n, v in got.items()}
+            return got
         out: dict[str, Any] = {}
         for name, p in self.named:
             value = p.grad if what == "grad" else p.detach()
