@@ -277,7 +277,7 @@ class Recorder(StepPipeline):
         self._counts[0] += 1
         self._counts[1] += bool(job.flags is not None and (job.flags & FLAG_NONFINITE).any())
         if self._writer is not None and time.monotonic() - self._last_commit > self.flush_interval:
-            self._guard(self._writer.flush)
+            self._guard(lambda: self._writer.flush(wait=False))
             self._last_commit = time.monotonic()
         return True
 
@@ -476,6 +476,7 @@ class Recorder(StepPipeline):
             chunk_rows=self._chunk_rows,
             break_lock=self._break_lock,
             updates=self.updates,
+            commit_thread=True,
         )
         if self._spectra_layers:
             meta = {

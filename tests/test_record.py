@@ -175,28 +175,43 @@ def test_restart_from_checkpoint_equals_uninterrupted(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a[key], b[key])
 
 
+def _settle_then_record(rec: Recorder, step: int) -> bool:
+    """record() once the commit in flight (store.commit) has ended, so that its outcome is known."""
+    c = rec._writer._inflight if rec._writer is not None else None
+    if c is not None:
+        c.thread.join()
+    return rec.record(step, grads_at(step))
+
+
 def test_on_error_warn_keeps_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit that fails on the commit thread (a full disk) reaches the training thread at the next record():
+    with on_error="warn" a warning, and recording stops; with "raise" StoreWriteError. The rows committed
+    before stay."""
+    import errno
+
+    from gradmanifold.store import commit
+
+    def disk_full(*a: object, **k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
     path = tmp_path / "r.zarr"
     rec = Recorder(path, k=8, on_error="warn", chunk_rows=2, threads=0)
     rec.record(0, grads_at(0))
-    rec.record(1, grads_at(1))  # fills a chunk: committed
-
-    def disk_full() -> None:
-        raise StoreWriteError("No space left on device")
-
-    monkeypatch.setattr(rec._writer, "flush", disk_full)
+    assert _settle_then_record(rec, 1)  # fills a chunk: committed
+    rec._writer._settle()
+    monkeypatch.setattr(commit, "publish_manifest", disk_full)
     rec.record(2, grads_at(2))
-    with pytest.warns(RuntimeWarning, match="recording stopped, training goes on"):
-        rec.record(3, grads_at(3))
-    assert rec.record(4, grads_at(4)) is False
+    rec.record(3, grads_at(3))  # fills the next chunk: its commit fails on the thread
+    with pytest.warns(RuntimeWarning, match="recording stopped, training goes on.*No space left"):
+        assert _settle_then_record(rec, 4) is False
+    assert rec.record(5, grads_at(5)) is False
     rec.close()
     assert list(open_store(path).steps()) == [0, 1]
 
     rec = Recorder(tmp_path / "s.zarr", k=8, on_error="raise", chunk_rows=1, threads=0)
-    rec.record(0, grads_at(0))
-    monkeypatch.setattr(rec._writer, "flush", disk_full)
-    with pytest.raises(StoreWriteError):
-        rec.record(1, grads_at(1))
+    with pytest.raises(StoreWriteError, match="No space left"):
+        for step in range(4):  # the first commit fails: raised at the next record() after it ended
+            _settle_then_record(rec, step)
 
 
 def test_on_error_with_the_background_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,10 +223,14 @@ def test_on_error_with_the_background_thread(tmp_path: Path, monkeypatch: pytest
     rec.record(1, grads_at(1))
     rec.flush()
 
-    def disk_full() -> None:
-        raise StoreWriteError("No space left on device")
+    import errno
 
-    monkeypatch.setattr(rec._writer, "flush", disk_full)
+    from gradmanifold.store import commit
+
+    def disk_full(*a: object, **k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(commit, "publish_manifest", disk_full)
     rec.record(2, grads_at(2))
     rec.record(3, grads_at(3))  # fills a chunk: its commit fails when the row is stored
     with pytest.warns(RuntimeWarning, match="recording stopped, training goes on"):
@@ -220,10 +239,11 @@ def test_on_error_with_the_background_thread(tmp_path: Path, monkeypatch: pytest
     rec.close()
     assert list(open_store(path).steps()) == [0, 1]
 
+    monkeypatch.undo()
     rec = Recorder(tmp_path / "s.zarr", k=8, on_error="raise", chunk_rows=1, threads=1)
     rec.record(0, grads_at(0))
     rec.flush()
-    monkeypatch.setattr(rec._writer, "flush", disk_full)
+    monkeypatch.setattr(commit, "publish_manifest", disk_full)
     rec.record(1, grads_at(1))  # projected on the background thread; stored at a later call
     with pytest.raises(StoreWriteError, match="No space left"):
         rec.flush()

@@ -207,13 +207,30 @@ class TableBuffer:
         of = "" if self.name == ROWS else f" of table {self.name!r}"
         return f"writing rows {lo}..{hi - 1}{of} ({n_chunks} chunk(s) per array)", need
 
+    def snapshot(self) -> tuple[int, int, dict[str, list[np.ndarray]]]:
+        """(first row, end row, rows of each array) of the buffer as it is now: what write_snapshot writes,
+        while new rows go on being appended (the rows themselves are never changed in place)."""
+        return self.base, self.n_rows, {name: list(rows) for name, rows in self.buf.items()}
+
     def write(self, root: Path, state: TableState) -> tuple[TableState, list[Path]]:
         """Write the buffered chunks (data only; OSError propagates); returns the state that commits them
         and the files to fsync before it is published."""
-        lo, hi, c = self.base, self.n_rows, self.chunk_rows
+        new, touched, self.steps = self.write_snapshot(root, state, self.snapshot())
+        return new, touched
+
+    def write_snapshot(
+        self, root: Path, state: TableState, snap: tuple[int, int, dict[str, list[np.ndarray]]]
+    ) -> tuple[TableState, list[Path], np.ndarray]:
+        """Write a snapshot's chunks: (the state that commits them, the files to fsync, the committed steps).
+
+        It changes nothing of the buffer, so it may run on a commit thread (store.commit) while rows are
+        appended; the arrays' files and metadata are its own until it returns.
+        """
+        lo, hi, buf = snap
+        c = self.chunk_rows
         assert lo % c == 0, "the buffer starts at a chunk boundary, so every chunk is written whole"
         capacity = -(-hi // c) * c
-        data = {name: np.stack(rows) if rows else None for name, rows in self.buf.items()}
+        data = {name: np.stack(rows) if rows else None for name, rows in buf.items()}
         touched: list[Path] = []
         for name, arr in self.arrays.items():
             if arr.shape[0] < capacity:
@@ -239,9 +256,14 @@ class TableBuffer:
             sums[name] = tuple(kept)
         steps = data[self.spec.step]
         new_steps = np.zeros(0, np.int64) if steps is None else steps.astype(np.int64)
-        self.steps = np.concatenate([self.steps[:lo], new_steps])
-        last = int(self.steps[-1]) if hi else None
-        return state.with_(n_rows=hi, last_step=last, checksums=sums), touched
+        all_steps = np.concatenate([self.steps[:lo], new_steps])
+        last = int(all_steps[-1]) if hi else None
+        return state.with_(n_rows=hi, last_step=last, checksums=sums), touched, all_steps
+
+    @property
+    def plain(self) -> bool:
+        """Whether every array is written directly (LocalArray), none through zarr."""
+        return all(isinstance(a, LocalArray) for a in self.arrays.values())
 
     def trim(self, committed: int) -> None:
         """After a commit: keep only the committed prefix of the last (partial) chunk in the buffer."""

@@ -32,6 +32,7 @@ from gradmanifold.errors import (
 )
 from gradmanifold.projection import ProjectionSpec, fingerprint
 from gradmanifold.store.chunk import FLAG_NONFINITE
+from gradmanifold.store.commit import BackgroundCommits, with_segment
 from gradmanifold.store.layout import (
     ARRAY_BY_NAME,
     ROWS,
@@ -66,7 +67,7 @@ DEFAULT_OPTIONAL = ("loss", "lr")
 RESERVED_SCOPE = "model"
 
 
-class StoreWriter:
+class StoreWriter(BackgroundCommits):
     """The one writer of a store: appends rows (one per recorded step) and commits them."""
 
     def __init__(
@@ -81,11 +82,14 @@ class StoreWriter:
         break_lock: bool = False,
         fsync: bool = True,
         updates: str | None = None,
+        commit_thread: bool = False,
     ) -> None:
         if resume not in ("allow", "must", "never"):
             raise InputError(f"resume must be 'allow', 'must' or 'never', not {resume!r}")
         self.root = require_local(path, "writing to a URL", "record to a local folder and copy it")
         self._fsync = fsync
+        self._commit_thread = bool(commit_thread)  # full chunks are committed on a thread (store.commit)
+        self._inflight = None
         group_infos = tuple(GroupInfo(str(n), int(s)) for n, s in groups)
         if not group_infos:
             raise InputError("a store needs at least one group")
@@ -334,6 +338,8 @@ class StoreWriter:
         finite (kernels.segments.finish gives such rows); update, update_sqnorm: as append() takes them. The
         Recorder's path: ~5 us a row instead of ~25."""
         self._check_open()
+        if self._inflight is not None and self._inflight.done:
+            self._settle()  # a finished commit: apply it (or raise its error) now
         main = self._tables[ROWS]
         last = main.last_step
         if last is not None and step <= last:
@@ -362,7 +368,7 @@ class StoreWriter:
             nonfinite=seg.nonfinite + (1 if flags.any() and (flags & FLAG_NONFINITE).any() else 0),
         )
         if main.n_buffered >= main.chunk_rows:
-            self.flush()
+            self._full(main)
 
     def add_table(
         self,
@@ -378,6 +384,7 @@ class StoreWriter:
         difference.
         """
         self._check_open()
+        self._settle()
         spec = TABLE_BY_NAME.get(name)
         if spec is None or name == ROWS:
             raise InputError(f"unknown table {name!r}; the store declares {sorted(TABLE_BY_NAME)}")
@@ -436,15 +443,23 @@ class StoreWriter:
             self._rewind(t, int(step))
         self._push(t, row)
         if t.n_buffered >= t.chunk_rows:
-            self.flush()
+            self._full(t)
 
     def note_skipped(self) -> None:
         """Count a step that was seen but not recorded (non-finite gradient with nonfinite='skip')."""
         self._segment = self._segment.with_(skipped=self._segment.skipped + 1)
 
-    def flush(self) -> None:
-        """Write buffered rows as whole chunks and publish the manifest (the commit point)."""
+    def flush(self, wait: bool = True) -> None:
+        """Write buffered rows as whole chunks and publish the manifest (the commit point).
+
+        wait: False, on a writer opened with commit_thread=True, commits on the thread and returns at once
+        (store.commit); the default waits for every commit, that one too.
+        """
         self._check_open()
+        if not wait and self._commit_thread:
+            self._commit_later()
+            return
+        self._settle()
         if not self._dirty:
             return
         replaced = {
@@ -466,6 +481,7 @@ class StoreWriter:
         if self._closed:
             return
         try:
+            self._settle()
             if self._dirty:
                 self.flush()
             self._segment = self._segment.with_(status=status, ended=now())
@@ -482,6 +498,7 @@ class StoreWriter:
 
     def abandon(self) -> None:
         """Release the lock without committing buffered rows (after a write error)."""
+        self._drop_commit()
         if not self._closed:
             self._closed = True
             self._lock.release()
@@ -495,8 +512,16 @@ class StoreWriter:
         t.push(row)
         self._dirty = True
 
+    def _full(self, t: TableBuffer) -> None:
+        """A chunk of t is full: commit it (on the commit thread when the writer has one)."""
+        if self._commit_thread:
+            self._chunk_filled(t)
+        else:
+            self.flush()
+
     def _rewind(self, t: TableBuffer, step: int, quiet: bool = False) -> None:
         """Drop table t's rows whose step is >= `step` (applied to the store at the next commit)."""
+        self._settle()  # the cut reads the committed state
         dropped_from = t.last_step
         keep = t.cut(self.root, self._manifest, step)
         if not quiet:
@@ -548,13 +573,7 @@ class StoreWriter:
 
         On failure the manifest published before stays current (on disk and here), so a later flush retries.
         """
-        m = self._manifest if new is None else new
-        segs = list(m.segments)
-        if self._segment_index < len(segs):
-            segs[self._segment_index] = self._segment
-        else:
-            segs.append(self._segment)
-        m = m.with_(segments=tuple(segs))
+        m = with_segment(self._manifest if new is None else new, self._segment, self._segment_index)
         try:
             publish_manifest(self.root, m, fsync=self._fsync)
         except OSError as exc:
