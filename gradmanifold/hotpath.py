@@ -490,8 +490,11 @@ class StepPipeline:
 
         Steps keep their order: while earlier steps wait for the thread, the next ones queue behind them.
         """
-        if self._bg is not None and (self.threads == 1 or self._bg.pending):
-            return True
+        if self._bg is not None:
+            if self.threads == 1 or self._bg.pending:
+                return True
+            if self._bg.done:  # finished since record() collected: their rows go first, then this step's
+                self._collect()
         if self.threads != "auto" or self.nonfinite == "raise":
             return False
         if nbytes < AUTO_BACKGROUND_BYTES and not spectra_step:

@@ -387,3 +387,27 @@ def test_plain_parameters_lists_what_named_parameters_lists(
 
     root.add_module("custom", Custom())
     assert plain_parameters(root) is None
+
+
+def test_an_inline_step_is_stored_after_the_rows_the_thread_finished_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """threads="auto": a spectra step goes to the thread, the next one is worked inline; when the thread
+    finishes the first while record() copies the second, the first row is still stored first (stored the
+    other way round, the store would take the first as a rewind and drop the second)."""
+    rng = np.random.default_rng(0)
+    grads = [{"w": rng.standard_normal((6, 5)).astype(np.float32)} for _ in range(2)]
+    rec = Recorder(tmp_path / "r.zarr", k=8, spectra_every=2, spectra_top=3, threads="auto")
+    rec.record(0, grads[0])  # a spectra step: on the background thread
+    real = StepProjector.snapshot
+
+    def snapshot_while_the_thread_finishes(self: StepProjector, step: int, named: list) -> Job:
+        job = real(self, step, named)
+        rec._bg.drain()  # the thread ends step 0's work now, after record(1) collected finished rows
+        return job
+
+    monkeypatch.setattr(StepProjector, "snapshot", snapshot_while_the_thread_finishes)
+    rec.record(1, grads[1])  # not a spectra step, nothing pending: worked inline
+    monkeypatch.undo()
+    rec.close()
+    assert list(_rows(tmp_path / "r.zarr")["step"]) == [0, 1]

@@ -184,9 +184,9 @@ def _settle_then_record(rec: Recorder, step: int) -> bool:
 
 
 def test_on_error_warn_keeps_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A commit that fails on the commit thread (a full disk) reaches the training thread at the next record():
-    with on_error="warn" a warning, and recording stops; with "raise" StoreWriteError. The rows committed
-    before stay."""
+    """A commit that fails on the commit thread (a full disk) reaches the training thread at the next
+    record(): with on_error="warn" a warning, and recording stops; with "raise" StoreWriteError. The rows
+    committed before stay."""
     import errno
 
     from gradmanifold.store import commit

@@ -192,6 +192,7 @@ class _Trip:
 
 def _install(trip: _Trip) -> None:
     """Put trip points around the file operations and the commits of this (forked, disposable) process."""
+    import gradmanifold.store.commit as commit_mod
     import gradmanifold.store.repair as repair_mod
     import gradmanifold.store.writer as writer_mod
 
@@ -208,7 +209,7 @@ def _install(trip: _Trip) -> None:
         setattr(os, name, around(getattr(os, name)))
     shutil.copy2 = around(shutil.copy2)  # type: ignore[assignment]
 
-    for mod in (writer_mod, repair_mod):
+    for mod in (writer_mod, commit_mod, repair_mod):  # commit_mod: the Recorder's commit thread
         real = mod.publish_manifest  # the commit point (a rename must show up here: AttributeError)
 
         def publish(root: Any, manifest: Any, *a: Any, _real: Any = real, **k: Any) -> None:
@@ -258,6 +259,11 @@ def _writer_job(job: dict[str, Any], trip: _Trip) -> int:
             record(rec, s, version)
 
         flush = rec.flush
+
+        def settle() -> None:  # the commit in flight (store.commit) lands before a rewind is planned
+            if rec._writer is not None:
+                rec._writer._settle()
+
         add(step)  # the Recorder opens its store at its first step
         step += 1
     else:
@@ -270,13 +276,19 @@ def _writer_job(job: dict[str, Any], trip: _Trip) -> int:
             w.append(s, *make_row(s, version), loss=float(s))
 
         flush = w.flush
+
+        def settle() -> None:
+            pass
+
     trip.report("ready")
     trip.armed = True
     for _ in range(STEP_LIMIT):
         if step > 3 and rnd.random() < rewind_rate:
+            settle()  # (the writer's rewind waits for it anyway: this only makes `committed` exact)
             committed = trip.committed
             if job["phase"] == "rewind" and committed:
-                back = rnd.randint(max(0, committed - 8), committed - 1)  # over committed rows
+                hi = min(committed, step) - 1  # over committed rows, and back: never a jump forward
+                back = rnd.randint(max(0, hi - 7), hi)
             else:
                 back = rnd.randint(max(0, step - 8), step - 1)
             version += 1
