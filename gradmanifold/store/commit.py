@@ -19,7 +19,6 @@ import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -145,9 +144,8 @@ class BackgroundCommits:
         for t in self._tables.values():
             t.trim(m.table(t.name).n_rows)
 
-    def _drop_commit(self) -> Any:
+    def _drop_commit(self) -> None:
         """Wait for a commit in flight and forget it, its error too (the writer is being abandoned)."""
         c, self._inflight = self._inflight, None
         if c is not None:
             c.thread.join()
-        return c

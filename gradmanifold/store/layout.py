@@ -210,10 +210,10 @@ def meta_bytes(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, indent=2).encode()
 
 
-def write_file(path: Path, data: bytes | memoryview) -> None:
+def write_file(path: Path, data: bytes | memoryview, fsync: bool = False) -> None:
     """Write `data` (bytes, or a C-contiguous buffer such as ndarray.data) to `path` atomically: into a temp
     file beside it, `<name>.<32 hex>.partial` (the pattern remove_partials and store.support.write_error
-    know), renamed over `path`; missing folders are made first.
+    know), fsynced when `fsync`, renamed over `path`; missing folders are made first.
 
     A reader sees the old file or the new one, never a part. An OSError that names no file names `path`.
     """
@@ -223,6 +223,9 @@ def write_file(path: Path, data: bytes | memoryview) -> None:
             os.makedirs(path.parent, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from gradmanifold.store.fields import (
     short,
     str_field,
 )
-from gradmanifold.store.layout import ROWS, TABLE_BY_NAME, TABLES
+from gradmanifold.store.layout import ROWS, TABLE_BY_NAME, TABLES, write_file
 from gradmanifold.store.lock import LOCK_NAME
 
 MANIFEST_NAME = "manifest.json"
@@ -542,19 +541,8 @@ def parse_manifest(data: bytes, path: str) -> Manifest:
 
 def publish_manifest(root: Path, manifest: Manifest, fsync: bool = True) -> None:
     """Atomically replace root/manifest.json: write a temp file, fsync, rename, fsync the folder."""
-    path = root / MANIFEST_NAME
-    tmp = root / f"{MANIFEST_NAME}.{uuid.uuid4().hex}.partial"
     data = (json.dumps(manifest.to_dict(), indent=1, sort_keys=True) + "\n").encode()
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_file(root / MANIFEST_NAME, data, fsync=fsync)
     if fsync:
         fd = os.open(root, os.O_RDONLY)
         try:
