@@ -504,3 +504,32 @@ def test_a_write_error_on_create_is_a_store_write_error(
     with pytest.raises(StoreWriteError, match="cannot create the store"):
         StoreWriter(tmp_path / "new.zarr", SPEC, GROUPS)
     assert not (tmp_path / "new.zarr").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names fsynced files through /proc")
+@pytest.mark.parametrize("fsync", [True, False])
+def test_creation_fsyncs_the_metadata_before_the_first_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    """A new store's group and array zarr.json (and their folders) reach the disk before the manifest that
+    names them is published; with fsync=False nothing is fsynced."""
+    synced: list[Path] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    path = tmp_path / "run.zarr"
+    w = StoreWriter(path, SPEC, GROUPS, chunk_rows=4, fsync=fsync)
+    if not fsync:
+        w.close()
+        assert synced == []
+        return
+    first_manifest = next(i for i, p in enumerate(synced) if p.name.startswith("manifest.json"))
+    before = set(synced[:first_manifest])
+    metadata = {path / "zarr.json"} | {path / a / "zarr.json" for a in TABLE_BY_NAME["rows"].required}
+    assert metadata <= before, sorted(str(p) for p in metadata - before)
+    assert path in before and all(path / a in before for a in TABLE_BY_NAME["rows"].required)
+    w.close()

@@ -236,19 +236,33 @@ def write_file(path: Path, data: bytes | memoryview, fsync: bool = False) -> Non
 
 
 def create_arrays(
-    root: Path, names: tuple[str, ...], dims: dict[str, int], chunk_rows: int, attrs: dict[str, Any]
+    root: Path,
+    names: tuple[str, ...],
+    dims: dict[str, int],
+    chunk_rows: int,
+    attrs: dict[str, Any],
+    fsync: bool = False,
 ) -> None:
     """Create the zarr group (when new) and the named (empty) arrays of one table, writing their zarr.json
     directly: what zarr.open_group(mode="a", attributes=attrs) and create_array(..., compressors=None,
-    fill_value=0, overwrite=True) write, without zarr's per-call cost."""
+    fill_value=0, overwrite=True) write, without zarr's per-call cost.
+
+    fsync: fsync the files written and their folders before returning, so that a manifest published next,
+    which names these arrays, never survives a power cut that they do not.
+    """
+    written: list[Path] = []
     group = root / "zarr.json"
     if not group.exists():  # as open_group(mode="a"): an existing group is kept as it is
         write_file(group, meta_bytes(group_meta(attrs)))
+        written.append(group)
     for name in names:
         folder = root / name
         if folder.is_dir():  # overwrite: leftovers of a creation that was killed hold nothing committed
             shutil.rmtree(folder)
         write_file(folder / "zarr.json", meta_bytes(array_meta(name, 0, dims, chunk_rows)))
+        written.append(folder / "zarr.json")
+    if fsync:
+        fsync_files(written, root)
 
 
 def zarr_store(root: Path | Store, writable: bool = False) -> Store:

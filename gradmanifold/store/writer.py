@@ -220,7 +220,7 @@ class StoreWriter(BackgroundCommits):
         remove_partials(self.root)
         base = TABLE_BY_NAME[ROWS].required
         try:
-            create_arrays(self.root, (*base, *optional), dims, rows, attrs=STORE_ATTRS)
+            create_arrays(self.root, (*base, *optional), dims, rows, STORE_ATTRS, self._fsync)
         except OSError as exc:
             raise StoreWriteError(f"cannot create the store at {self.root}: {exc.strerror or exc}") from None
         return Manifest(
@@ -400,7 +400,7 @@ class StoreWriter(BackgroundCommits):
         if not 1 <= rows <= MAX_CHUNK_ROWS:
             raise InputError(f"chunk_rows must be between 1 and {MAX_CHUNK_ROWS}, not {rows}")
         try:
-            create_arrays(self.root, spec.required, dims, rows, attrs=STORE_ATTRS)
+            create_arrays(self.root, spec.required, dims, rows, STORE_ATTRS, self._fsync)
         except OSError as exc:
             raise StoreWriteError(
                 f"cannot add table {name!r} to {self.root}: {exc.strerror or exc}"
