@@ -137,3 +137,15 @@ def test_wrap_through_the_cli_passes_the_exit_code(tmp_path: Path) -> None:
     assert done.returncode == 3, done.stderr
     assert f"gradmanifold: {out}: 4 steps committed" in done.stderr
     assert open_store(out).group_names == ("weight", "bias")
+
+
+def test_synthetic_help_names_every_task() -> None:
+    """The --synthetic help is a literal (the CLI imports no task code to print it): it must list them all."""
+    import typer.main
+
+    from gradmanifold.synthetic import TASKS
+
+    command = typer.main.get_command(app)
+    option = next(p for p in command.commands["record"].params if p.name == "synthetic")  # type: ignore[attr-defined]
+    listed = (option.help or "").split("(")[0].replace(" ", "").split("|")
+    assert listed == list(TASKS)

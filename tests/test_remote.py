@@ -9,6 +9,7 @@ mid-read: one line on stderr and exit 2 (not a store, unreachable) or 3 (a chunk
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import threading
@@ -349,8 +350,9 @@ def test_writer_refuses_a_url(url: str, tmp_path: Path, monkeypatch: pytest.Monk
         UsageError, match="writing to a URL is not supported; record to a local folder and copy"
     ):
         StoreWriter(url, ProjectionSpec(k=8, seed=0), [("a", 10)])
-    # pathlib folds "http://h/x" into "http:/h/x": refused too, never a local folder named "http:"
-    with pytest.raises(UsageError, match="writing to a URL is not supported"):
+    # pathlib folds "http://h/x" into "http:/h/x": refused too, never a local folder named "http:", and the
+    # message names the URL, not the folded path under the working folder
+    with pytest.raises(UsageError, match=f"^{re.escape(url)}: writing to a URL is not supported"):
         StoreWriter(Path(url), ProjectionSpec(k=8, seed=0), [("a", 10)])
     assert list(tmp_path.iterdir()) == []
 
@@ -362,7 +364,7 @@ def test_record_and_repair_refuse_a_url(
     url = f"{served.url}/{MLP}"
     served.log.clear()
     r = cli("record", "--out", url, "--synthetic", "white-noise", "--steps", "3", "--dim", "16", "--k", "8")
-    assert "writing to a URL is not supported" in assert_one_line_error(r, 2)
+    assert f"{url}: writing to a URL is not supported" in assert_one_line_error(r, 2)
     msg = assert_one_line_error(cli("repair", url), 2)
     assert "repairing a store at a URL is not supported; copy it to a local folder" in msg
     assert list(tmp_path.iterdir()) == [] and served.log == []

@@ -60,7 +60,8 @@ def record(
         str | None,
         typer.Option(
             "--synthetic",
-            help="white-noise | random-walk | lowrank-drift | noisy-quadratic | lqr (see docs/RECORD.md).",
+            help="white-noise | random-walk | lowrank-drift | noisy-quadratic | lqr | spiked-two-layer "
+            "(docs/RECORD.md).",
         ),
     ] = None,
     steps: Annotated[int, typer.Option("--steps", help="--synthetic: steps T.")] = 1000,

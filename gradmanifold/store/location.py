@@ -53,8 +53,12 @@ def require_local(path: str | os.PathLike[str], what: str, advice: str) -> Path:
     what: what is refused ("writing to a URL"); advice: what to do instead.
     """
     root = local_path(path)
-    if root is None or any(p.endswith(":") and p[:-1].lower() in _KNOWN_SCHEMES for p in root.parts):
+    if root is None:
         raise UsageError(f"{path}: {what} is not supported; {advice}")
+    parts = root.parts
+    for i, part in enumerate(parts):
+        if part.endswith(":") and part[:-1].lower() in _KNOWN_SCHEMES:  # named as the user wrote it
+            raise UsageError(f"{part}//{'/'.join(parts[i + 1 :])}: {what} is not supported; {advice}")
     return root
 
 
