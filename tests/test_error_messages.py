@@ -134,6 +134,13 @@ def damaged_before_append(tmp: Path) -> None:
     StoreWriter(tmp / "run.zarr", SPEC, GROUPS)
 
 
+def truncated_before_append(tmp: Path) -> None:
+    _write(tmp / "run.zarr", list(range(6)))
+    f = chunk_file(tmp / "run.zarr", "sqnorm", 1)
+    f.write_bytes(f.read_bytes()[:5])
+    StoreWriter(tmp / "run.zarr", SPEC, GROUPS)
+
+
 def repair_refused(tmp: Path) -> None:
     _write(tmp / "run.zarr", list(range(12)))
     f = chunk_file(tmp / "run.zarr", "proj", 0)
@@ -212,6 +219,13 @@ CASES: dict[str, tuple[Callable[[Path], None], type[GradManifoldError], str, str
         CorruptStoreError,
         "chunk 1 of 'sqnorm' (rows 4..5) is damaged (checksum mismatch)",
         "so the writer cannot append after it",
+        "`gradmanifold repair` to drop the damaged tail",
+    ),
+    "truncated before append": (
+        truncated_before_append,
+        CorruptStoreError,
+        "chunk 1 of 'sqnorm' (rows 4..5) is damaged (chunk file",
+        "{store}/sqnorm/c/1/0 is truncated (5 bytes, an uncompressed chunk has 64)), so the writer cannot",
         "`gradmanifold repair` to drop the damaged tail",
     ),
     "repair refused": (

@@ -89,8 +89,9 @@ def read_committed_chunk(
             raise StoreWriteError(
                 f"{root}: cannot read chunk {index} of {name!r}: {exc.strerror or exc}"
             ) from None
-        except Exception as exc:
-            why = f"unreadable ({type(exc).__name__})"
+        except Exception as exc:  # the plain reader's ValueError names the file and what is wrong with it
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            why = text if len(text) <= 200 else text[:197] + "..."
         else:
             why = "" if checksum(data) == t.checksums[name][index] else "checksum mismatch"
         if why or data is None:
