@@ -435,3 +435,48 @@ def _chunks(*shape: int) -> Callable[[dict[str, Any]], None]:
         d["chunk_grid"]["configuration"]["chunk_shape"] = list(shape)
 
     return edit
+
+
+_GROUP_EDITS = [  # (edit, sound): what zarr makes of it decides
+    (lambda m: m.write_text("{"), False),
+    (lambda m: m.unlink(), False),
+    (lambda m: m.write_text('{"zarr_format": 3, "node_type": "array"}'), False),
+    (lambda m: m.write_text('{"zarr_format": 2, "node_type": "group"}'), True),  # zarr reads the rest
+    (lambda m: m.write_text('{"zarr_format": 3, "node_type": "group", "attributes": []}'), False),
+    (lambda m: m.write_text('{"zarr_format": 3, "node_type": "group", "extra": 1}'), False),
+    (lambda m: m.write_text('{"zarr_format": 3, "node_type": "group"}'), True),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "sound"),
+    [
+        ("flags", lambda m: m.write_text("{"), False),
+        ("step", lambda m: m.write_text(m.read_text().replace('"int64"', '"float64"')), False),
+        ("sqnorm", lambda m: _edit_meta(m.parent.parent, "sqnorm", lambda d: d.update(shape=[2, 3])), False),
+        ("proj", lambda m: _edit_meta(m.parent.parent, "proj", _chunks(8, 3, 8)), False),
+        # longer than the commit (a writer killed after growing it): sound
+        ("proj", lambda m: _edit_meta(m.parent.parent, "proj", lambda d: d.update(shape=[99, 3, 8])), True),
+        ("proj", None, True),
+        *((".", edit, sound) for edit, sound in _GROUP_EDITS),
+    ],
+)
+def test_verify_without_zarr_finds_what_zarr_finds(
+    store: Path,
+    name: str,
+    damage: Callable[[Path], None] | None,
+    sound: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """verify checks the writer's plain metadata as JSON (no zarr import): its report, damage or none, is
+    the one it gives when zarr opens every array and the group."""
+    import gradmanifold.store.verify as verify_mod
+
+    if damage is not None:
+        damage(store / name / "zarr.json")
+    now = verify_mod.verify_store(store)
+    with monkeypatch.context() as mp:
+        mp.setattr(verify_mod, "read_plain", lambda path, dtype: None)
+        mp.setattr(verify_mod, "plain_group", lambda path: False)
+        assert verify_mod.verify_store(store) == now
+    assert now.ok == sound, now.problems

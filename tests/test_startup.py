@@ -85,6 +85,21 @@ def test_info_imports_neither_zarr_nor_numba(sample: Path, tmp_path: Path) -> No
     assert got["loaded"] == []
 
 
+def test_verify_imports_neither_zarr_nor_numba(sample: Path, tmp_path: Path) -> None:
+    """The writer's plain metadata is checked as JSON; only metadata in another layout would need zarr."""
+    got = _run(_CLI, tmp_path, "verify", str(sample))
+    assert got["code"] == 0
+    assert got["loaded"] == []
+
+
+def test_verify_of_damaged_group_metadata_still_names_it(sample: Path, tmp_path: Path) -> None:
+    """Metadata the plain check does not accept goes to zarr, which decides: here it is damage (exit 3)."""
+    (sample / "zarr.json").write_text('{"zarr_format": 3, "node_type": "array"}')
+    got = _run(_CLI, tmp_path, "verify", str(sample))
+    assert got["code"] == 3
+    assert "zarr" in got["loaded"]  # type: ignore[operator]
+
+
 def test_reading_a_local_store_imports_neither_zarr_nor_numba(sample: Path, tmp_path: Path) -> None:
     got = _run(_ITER, tmp_path, str(sample))
     assert got["rows"] == got["n_steps"] == got["steps"] and got["rows"]

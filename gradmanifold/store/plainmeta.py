@@ -1,4 +1,5 @@
-"""An array's zarr.json read as plain JSON, without importing zarr: the metadata the direct chunk path takes.
+"""An array's zarr.json read as plain JSON, without importing zarr: the metadata the direct chunk path takes
+(and the group's, which `verify` checks the same way).
 
 The reader of a local store reads each array's zarr.json itself and reads its chunk files straight into numpy
 (store.rawchunk) when, and only when, the metadata is exactly the plain layout the writer writes: zarr format
@@ -71,6 +72,23 @@ def read_plain(path: Path, dtype: str) -> PlainArray | None:
         return _plain(doc, dtype)
     except Exception:  # missing, unreadable, not JSON, nested too deep: zarr opens it and names the problem
         return None
+
+
+def plain_group(path: Path) -> bool:
+    """Whether the file at `path` is a zarr 3 group's metadata as the writer writes it (zarr_format 3,
+    node_type "group", attributes an object, no other key). False for anything else, unreadable included:
+    zarr then opens it and names any damage."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except Exception:
+        return False
+    return (
+        isinstance(doc, dict)
+        and {"zarr_format", "node_type", "attributes"}.issuperset(doc)
+        and _is_int(doc.get("zarr_format"), 3, 3)
+        and doc.get("node_type") == "group"
+        and isinstance(doc.get("attributes", {}), dict)
+    )
 
 
 def _plain(doc: Any, dtype: str) -> PlainArray | None:
