@@ -134,6 +134,14 @@ def test_resolve_paths(result: Any) -> None:
     assert checks.resolve(doc, "model.rank.top_energy.10") == m["rank"]["top_energy"]["10"]
     with pytest.raises(UsageError, match=r"no key matches 'kapa\.last'"):
         checks.resolve(doc, "model.kapa.last")
+    # a scope named with dots (a tensor, a module path) is found without `scopes.` too, the longest name first
+    dotted = {"scopes": {"fc1.bias": {"kappa": {"last": 1.0}}, "fc1.weight": {"kappa": {"last": 2.0}}}}
+    assert checks.resolve(dotted, "fc1.weight.kappa.last") == 2.0
+    assert checks.resolve(dotted, "scopes.fc1.weight.kappa.last") == 2.0
+    dotted["scopes"]["fc1"] = {"weight": {"kappa": {"last": 3.0}}}
+    assert checks.resolve(dotted, "fc1.weight.kappa.last") == 2.0  # the longest key, as at every level
+    with pytest.raises(UsageError, match=r"no key matches 'fc2\.kappa\.last' under the top level"):
+        checks.resolve(dotted, "fc2.kappa.last")
     with pytest.raises(UsageError, match="not an index"):
         checks.resolve(doc, "windows.9.scopes")
 

@@ -67,10 +67,9 @@ def resolve(doc: Mapping[str, Any], path: str) -> Any:
     """The value at a dotted path (see module docstring); UsageError naming the keys available."""
     node: Any = doc
     rest = path
-    if "scopes" in doc and isinstance(doc["scopes"], Mapping):
-        head = rest.split(".", 1)[0]
-        if head not in doc and head in doc["scopes"]:
-            node = doc["scopes"]
+    scopes = doc.get("scopes")
+    if isinstance(scopes, Mapping) and _match_key(doc, rest) is None and _match_key(scopes, rest):
+        node = scopes  # `scopes.` left out, also before a dotted scope name (`fc1.weight.kappa.last`)
     done: list[str] = []
     while rest:
         if isinstance(node, Mapping):
