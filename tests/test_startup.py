@@ -104,3 +104,47 @@ def test_reading_a_local_store_imports_neither_zarr_nor_numba(sample: Path, tmp_
     got = _run(_ITER, tmp_path, str(sample))
     assert got["rows"] == got["n_steps"] == got["steps"] and got["rows"]
     assert got["loaded"] == []
+
+
+_BLAS = """
+import json, sys
+import numpy as np
+import gradmanifold.kernels
+after_import = "scipy.linalg" in sys.modules
+import numba
+import numba.np.arraymath as arraymath
+import numba.np.linalg as nplinalg
+
+@numba.njit
+def dot(a, b):
+    return np.dot(a, b)
+
+a = np.arange(12.0).reshape(3, 4)
+b = np.arange(4.0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"after_import": after_import, "have_blas": arraymath._HAVE_BLAS,
+               "same_function": arraymath.ensure_blas is nplinalg.ensure_blas,
+               "dot": dot(a, b).tolist(), "want": (a @ b).tolist(),
+               "after_dot": "scipy.linalg.cython_blas" in sys.modules}, f)
+"""
+
+
+def test_kernels_load_numba_without_scipy_and_blas_still_works(tmp_path: Path) -> None:
+    """numba's import-time BLAS check is answered without importing scipy.linalg (gradmanifold.kernels); the
+    check's function is numba's own again afterwards, and a numba kernel that calls BLAS still gets it."""
+    got = _run(_BLAS, tmp_path)
+    assert got["after_import"] is False
+    assert got["have_blas"] is True and got["same_function"] is True
+    assert got["dot"] == got["want"] and got["after_dot"] is True
+
+
+_ANALYZE = _CLI.replace('HEAVY = ("zarr", "numba")', 'HEAVY = ("zarr", "numba", "scipy")')
+
+
+def test_analyze_imports_numba_but_not_scipy(sample: Path, tmp_path: Path) -> None:
+    got = _run(_ANALYZE, tmp_path, "analyze", "--json", str(sample))
+    assert got["code"] == 0
+    loaded = got["loaded"]
+    assert isinstance(loaded, list) and "numba" in loaded
+    # numba imports scipy's top package itself (a few ms); scipy.linalg would be ~0.25 s
+    assert not [m for m in loaded if m.startswith(("scipy.linalg", "scipy._lib._array_api"))], loaded
