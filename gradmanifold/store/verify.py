@@ -250,8 +250,9 @@ def _chunk_problem(
 
 
 def _check_metadata(root: Path | Store, m: Manifest, problems: list[Problem]) -> list[str]:
-    """Open each array on its own (in the folder, or a remote location's zarr store); check dtype, chunk
-    shape and that its shape covers the committed rows."""
+    """Check the group's and each array's metadata on its own (damage to one spares the others): dtype,
+    chunk shape and that the shape covers the committed rows. A local store's plain zarr.json (the writer's
+    layout) is read as JSON; any other, and a remote location's, is opened through zarr, which names damage."""
     damaged: list[str] = []
     folder = root if isinstance(root, Path) else None
     try:
