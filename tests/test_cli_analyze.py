@@ -224,6 +224,20 @@ def test_help_lists_the_commands() -> None:
         assert name in r.stdout
 
 
+def test_help_paragraphs_are_not_broken_mid_sentence() -> None:
+    """typer keeps a docstring's line breaks in --help, so a paragraph wrapped in the source shows as a hard
+    break at a narrow terminal: every paragraph of every command's help is one line."""
+    import inspect
+
+    import typer.main
+
+    command = typer.main.get_command(app)
+    for name, sub in command.commands.items():  # type: ignore[attr-defined]
+        doc = inspect.cleandoc(sub.help or "")
+        broken = [para for para in doc.split("\n\n") if "\n" in para.strip()]
+        assert not broken, (name, broken)
+
+
 # ------------------------------------------------------------------------------------------- real processes
 
 

@@ -53,8 +53,9 @@ def plot(
     ] = None,
     dpi: Annotated[int, typer.Option("--dpi", help="Resolution of PNG output (and of HTML figures).")] = 100,
 ) -> None:
-    """kappa and r*(eps) over training, the increment tail, a layer x window heatmap; spectra and updates
-    panels when the store recorded them. Without --window the store is cut into 20 windows."""
+    """kappa and r*(eps) over training, the increment tail, a layer x window heatmap, spectra and updates.
+
+    Spectra and updates panels appear when the store recorded them; without --window, 20 windows."""
     from gradmanifold.errors import UsageError
     from gradmanifold.plot import LAYOUTS, load_run, output_format, render_plots, require_matplotlib
 

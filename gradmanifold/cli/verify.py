@@ -22,8 +22,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as JSON 
 def verify(path: PathArg, json: JsonOpt = False) -> None:
     """Check a store: manifest, array metadata, every chunk's checksum, steps, flags; list every bad chunk.
 
-    Exit code 0 when the store is sound, 3 when anything is damaged. A store at a URL is read, never listed:
-    its committed chunks are checked, leftovers and the lock are not looked for.
+    Exit code 0 when the store is sound, 3 when anything is damaged.
+
+    A store at a URL is read, never listed: its committed chunks are checked, not leftovers or the lock.
     """
     from gradmanifold.store.location import url_scheme
     from gradmanifold.store.verify import verify_store

@@ -252,7 +252,8 @@ def _chunk_problem(
 def _check_metadata(root: Path | Store, m: Manifest, problems: list[Problem]) -> list[str]:
     """Check the group's and each array's metadata on its own (damage to one spares the others): dtype,
     chunk shape and that the shape covers the committed rows. A local store's plain zarr.json (the writer's
-    layout) is read as JSON; any other, and a remote location's, is opened through zarr, which names damage."""
+    layout) is read as JSON; any other, and a remote location's, is opened through zarr, naming any damage.
+    """
     damaged: list[str] = []
     folder = root if isinstance(root, Path) else None
     try:
