@@ -1,8 +1,10 @@
-"""Start-up cost: reading a local store imports neither zarr nor numba.
+"""Start-up cost: reading or verifying a local store imports neither zarr nor numba; analyzing one imports
+numba but not scipy.linalg.
 
 zarr alone costs ~0.2 s to import, most of `gradmanifold info`; the reader reads a local store's plain array
-metadata (zarr.json) and chunk files itself (store.plainmeta, store.rawchunk). Each case runs in a fresh
-interpreter and reports which of the heavy modules it ended up importing.
+metadata (zarr.json) and chunk files itself (store.plainmeta, store.rawchunk). numba's set-up would import
+scipy.linalg (~0.25 s) for a BLAS check no gradmanifold kernel needs (gradmanifold.kernels). Each case runs
+in a fresh interpreter and reports which of the heavy modules it ended up importing.
 """
 
 from __future__ import annotations
