@@ -521,7 +521,7 @@ def test_creation_fsyncs_the_metadata_before_the_first_manifest(
         real(fd)
 
     monkeypatch.setattr(os, "fsync", spy)
-    path = tmp_path / "run.zarr"
+    path = tmp_path / "new" / "runs" / "run.zarr"  # folders made for it: their names must last too
     w = StoreWriter(path, SPEC, GROUPS, chunk_rows=4, fsync=fsync)
     if not fsync:
         w.close()
@@ -532,4 +532,6 @@ def test_creation_fsyncs_the_metadata_before_the_first_manifest(
     metadata = {path / "zarr.json"} | {path / a / "zarr.json" for a in TABLE_BY_NAME["rows"].required}
     assert metadata <= before, sorted(str(p) for p in metadata - before)
     assert path in before and all(path / a in before for a in TABLE_BY_NAME["rows"].required)
+    assert {tmp_path, tmp_path / "new", tmp_path / "new" / "runs"} <= before
+    assert tmp_path.parent not in synced  # the first folder that existed holds the new name: no higher
     w.close()

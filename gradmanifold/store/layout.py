@@ -242,13 +242,15 @@ def create_arrays(
     chunk_rows: int,
     attrs: dict[str, Any],
     fsync: bool = False,
+    top: Path | None = None,
 ) -> None:
     """Create the zarr group (when new) and the named (empty) arrays of one table, writing their zarr.json
     directly: what zarr.open_group(mode="a", attributes=attrs) and create_array(..., compressors=None,
     fill_value=0, overwrite=True) write, without zarr's per-call cost.
 
     fsync: fsync the files written and their folders before returning, so that a manifest published next,
-    which names these arrays, never survives a power cut that they do not.
+    which names these arrays, never survives a power cut that they do not. top: fsync the folders up to this
+    one (default root): a writer that made the store's folder passes the folder that holds its new name.
     """
     written: list[Path] = []
     group = root / "zarr.json"
@@ -262,7 +264,7 @@ def create_arrays(
         write_file(folder / "zarr.json", meta_bytes(array_meta(name, 0, dims, chunk_rows)))
         written.append(folder / "zarr.json")
     if fsync:
-        fsync_files(written, root)
+        fsync_files([p.absolute() for p in written], (root if top is None else top).absolute())
 
 
 def zarr_store(root: Path | Store, writable: bool = False) -> Store:
