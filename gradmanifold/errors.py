@@ -11,6 +11,13 @@ EXIT_USAGE = 2
 EXIT_CORRUPT = 3
 
 
+def one_line(text: str, limit: int = 120) -> str:
+    """Another library's error text as part of a one-line message: whitespace runs made single spaces, cut
+    to `limit` characters with "..." at the end."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class GradManifoldError(Exception):
     """Root of every error the library raises on purpose."""
 

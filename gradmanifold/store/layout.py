@@ -306,8 +306,11 @@ def open_arrays(root: Path | Store, names: tuple[str, ...], writable: bool) -> d
     return out
 
 
-def array_issues(arr: zarr.Array, name: str, dims: dict[str, int], chunk_rows: int, n_rows: int) -> list[str]:
-    """How array `name` disagrees with what the manifest says it holds (empty when it agrees)."""
+def array_issues(
+    arr: zarr.Array | PlainArray, name: str, dims: dict[str, int], chunk_rows: int, n_rows: int
+) -> list[str]:
+    """How array `name` (a zarr array, or its plain zarr.json) disagrees with what the manifest says it holds
+    (empty when it agrees)."""
     return shape_issues(name, tuple(arr.shape), tuple(arr.chunks), arr.dtype, dims, chunk_rows, n_rows)
 
 

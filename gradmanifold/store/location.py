@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gradmanifold.errors import GradManifoldError, NotAStoreError, StoreNotFoundError, UsageError
+from gradmanifold.errors import GradManifoldError, NotAStoreError, StoreNotFoundError, UsageError, one_line
 from gradmanifold.store.layout import chunk_file
 from gradmanifold.store.manifest import (
     MANIFEST_NAME,
@@ -263,5 +263,4 @@ def remote_error(exc: BaseException, where: str) -> GradManifoldError:
 
 
 def _brief(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+    return one_line(str(exc), 160) or type(exc).__name__

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gradmanifold.errors import one_line
+
 
 @dataclass(frozen=True)
 class RawLayout:
@@ -78,5 +80,4 @@ def read_rows(path: str, layout: RawLayout, rows: int) -> tuple[np.ndarray | Non
 
 
 def _unreadable(exc: OSError) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"unreadable ({type(exc).__name__}: {text if len(text) <= 120 else text[:117] + '...'})"
+    return f"unreadable ({type(exc).__name__}: {one_line(str(exc)) or type(exc).__name__})"

@@ -30,6 +30,7 @@ from gradmanifold.errors import (
     GradManifoldError,
     StoreChangedError,
     UsageError,
+    one_line,
 )
 from gradmanifold.projection import ProjectionSpec
 from gradmanifold.store.chunk import FLAG_NONFINITE, FLAG_SKIPPED, Chunk
@@ -38,10 +39,10 @@ from gradmanifold.store.layout import (
     ROWS,
     TABLE_BY_NAME,
     array_chunk_file,
+    array_issues,
     checksum,
     open_arrays,
     raw_layout,
-    shape_issues,
 )
 from gradmanifold.store.location import LocalLocation, StoreLocation, locate
 from gradmanifold.store.lock import read_holder
@@ -354,9 +355,7 @@ class StoreReader:
         plain = None if root is None else read_plain(root / name / "zarr.json", spec.dtype)
         arr: Any = plain if plain is not None else self._array(name)
         t = self.manifest.table(spec.table)
-        issues = shape_issues(
-            name, tuple(arr.shape), tuple(arr.chunks), arr.dtype, t.dims, t.chunk_rows, t.n_rows
-        )
+        issues = array_issues(arr, name, t.dims, t.chunk_rows, t.n_rows)
         if issues:
             raise CorruptStoreError(
                 f"{self.path}: array {name!r} disagrees with the manifest ({'; '.join(issues)}); one of "
@@ -571,5 +570,4 @@ class StoreReader:
 
 
 def _brief(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 120 else text[:117] + "..."
+    return one_line(str(exc))

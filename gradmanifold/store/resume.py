@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gradmanifold.errors import CorruptStoreError, SpecMismatchError, StoreWriteError
+from gradmanifold.errors import CorruptStoreError, SpecMismatchError, StoreWriteError, one_line
 from gradmanifold.projection import ProjectionSpec, fingerprint
 from gradmanifold.store.layout import ARRAY_BY_NAME, TABLE_BY_NAME, checksum
 from gradmanifold.store.manifest import GroupInfo, Manifest, TableState
@@ -90,8 +90,7 @@ def read_committed_chunk(
                 f"{root}: cannot read chunk {index} of {name!r}: {exc.strerror or exc}"
             ) from None
         except Exception as exc:  # the plain reader's ValueError names the file and what is wrong with it
-            text = " ".join(str(exc).split()) or type(exc).__name__
-            why = text if len(text) <= 200 else text[:197] + "..."
+            why = one_line(str(exc), 200) or type(exc).__name__
         else:
             why = "" if checksum(data) == t.checksums[name][index] else "checksum mismatch"
         if why or data is None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gradmanifold.errors import one_line
 from gradmanifold.store.chunk import FLAG_NONFINITE, FLAG_SKIPPED
 from gradmanifold.store.layout import (
     ARRAY_BY_NAME,
@@ -24,7 +25,6 @@ from gradmanifold.store.layout import (
     leftover_temp_files,
     open_arrays,
     open_group,
-    shape_issues,
 )
 from gradmanifold.store.location import LocalLocation
 from gradmanifold.store.lock import read_holder
@@ -266,17 +266,13 @@ def _check_metadata(root: Path | Store, m: Manifest, problems: list[Problem]) ->
         t = m.table(ARRAY_BY_NAME[name].table)
         # the writer's plain metadata is checked without zarr (0.2 s to import); anything else goes to zarr
         plain = None if folder is None else read_plain(folder / name / "zarr.json", ARRAY_BY_NAME[name].dtype)
-        if plain is not None:
-            shape, chunks = plain.shape, plain.chunks
-            issues = shape_issues(name, shape, chunks, plain.dtype, t.dims, t.chunk_rows, t.n_rows)
-        else:
-            try:
-                arr = open_arrays(root, (name,), writable=False)[name]
-            except Exception as exc:
-                problems.append(Problem(f"array {name!r} cannot be opened ({_brief(exc)})", name))
-                damaged.append(name)
-                continue
-            issues = array_issues(arr, name, t.dims, t.chunk_rows, t.n_rows)
+        try:
+            arr = plain if plain is not None else open_arrays(root, (name,), writable=False)[name]
+        except Exception as exc:
+            problems.append(Problem(f"array {name!r} cannot be opened ({_brief(exc)})", name))
+            damaged.append(name)
+            continue
+        issues = array_issues(arr, name, t.dims, t.chunk_rows, t.n_rows)
         if issues:
             problems.append(Problem(f"array {name!r} disagrees with the manifest: {'; '.join(issues)}", name))
             damaged.append(name)
@@ -310,5 +306,4 @@ def _notes(root: Path | None, m: Manifest, temp: list[str], uncommitted: list[st
 
 
 def _brief(exc: BaseException) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= 120 else text[:117] + "..."
+    return one_line(f"{type(exc).__name__}: {exc}")

@@ -123,7 +123,6 @@ class StoreWriter(BackgroundCommits):
                 )
         # Folders this writer creates; removed again when opening fails, so a failed open leaves no trace.
         self._made = missing_parents(self.root)
-        self._top = self._made[-1].parent if self._made else self.root  # holds the name of what is made
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -221,7 +220,8 @@ class StoreWriter(BackgroundCommits):
         remove_partials(self.root)
         base = TABLE_BY_NAME[ROWS].required
         try:
-            create_arrays(self.root, (*base, *optional), dims, rows, STORE_ATTRS, self._fsync, self._top)
+            top = self._made[-1].parent if self._made else None  # holds the name of the first folder made
+            create_arrays(self.root, (*base, *optional), dims, rows, STORE_ATTRS, self._fsync, top)
         except OSError as exc:
             raise StoreWriteError(f"cannot create the store at {self.root}: {exc.strerror or exc}") from None
         return Manifest(
